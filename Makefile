@@ -1,0 +1,57 @@
+# classiflow: `make run` runs the pipeline, `make test` runs the tests (both install first).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+PREFECT_API ?= http://127.0.0.1:4200/api
+
+export PATH := $(BIN):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install run test test-fast lint ui prefect-server prefect-deploy prefect-worker prefect-smoke benchmark clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	dvc repro
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+lint: install
+	$(BIN)/ruff check classiflow tasks flows tests benchmarks
+
+ui: install
+	mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port 5000
+
+prefect-server: install
+	prefect server start --host 127.0.0.1
+
+prefect-deploy: install
+	PREFECT_API_URL=$(PREFECT_API) prefect work-pool create local --type process --overwrite
+	PREFECT_API_URL=$(PREFECT_API) prefect --no-prompt deploy --all
+
+prefect-worker: install
+	PREFECT_API_URL=$(PREFECT_API) prefect worker start --pool local
+
+prefect-smoke: install
+	bash scripts/prefect_smoke.sh
+
+benchmark: install
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean:
+	rm -rf data models metrics reports records runs dvc.lock

@@ -1,0 +1,137 @@
+"""The single source of configuration: ``params.yaml``, validated before any work starts.
+
+Every stage reads the same file through :func:`load_params`, so a typo or a wrong type
+fails in one line naming the key instead of deep inside a stage.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from classiflow.errors import ClassiflowError
+
+BUILTIN_DATASETS = ("cifar10", "mnist", "fashion_mnist")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DataParams(_Section):
+    source: str = Field("cifar10", min_length=1)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    image_size: int = Field(32, ge=8, le=1024)
+    channels: Literal["auto", 1, 3] = "auto"
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    seed: int = 42
+    strict: bool = False
+
+
+class ModelParams(_Section):
+    name: str = "simplecnn"
+
+
+class TrainParams(_Section):
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.001, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    scheduler: Literal["none", "step"] = "step"
+    step_size: int = Field(5, ge=1)
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+
+class EvaluateParams(_Section):
+    batch_size: int = Field(512, ge=1)
+
+
+class RegisterParams(_Section):
+    model_name: str | None = None
+    alias: str = "challenger"
+
+    @field_validator("alias")
+    @classmethod
+    def _alias_is_not_champion(cls, value: str) -> str:
+        if value == "champion":
+            raise ValueError("'champion' is set only by `classiflow promote`")
+        return value
+
+
+class TrackingParams(_Section):
+    experiment: str = Field("classiflow", min_length=1)
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    registry: RegisterParams = Field(RegisterParams(), alias="register")
+    tracking: TrackingParams = TrackingParams()
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys, the shape MLflow params and ``dvc exp run -S`` use."""
+        out: dict[str, Any] = {}
+        for section, values in self.model_dump(by_alias=True).items():
+            for key, value in values.items():
+                out[f"{section}.{key}"] = value
+        return out
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"{key}: unknown key")
+        else:
+            parts.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return f"{source}: " + "; ".join(parts)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Apply ``{"train.epochs": 2}``-style overrides, as ``dvc exp run -S`` would."""
+    merged = copy.deepcopy(raw)
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise ClassiflowError(f"override {dotted!r}: expected 'section.key'")
+        node = merged.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise ClassiflowError(f"override {dotted!r}: {section!r} is not a section")
+        node[key] = value
+    return merged
+
+
+def parse_params(raw: Any, source: str = "params", overrides: dict | None = None) -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ClassiflowError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(apply_overrides(raw, overrides))
+    except ValidationError as err:
+        raise ClassiflowError(_format_error(source, err)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ClassiflowError(f"{path}: not found (run from the project root)") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ClassiflowError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+    return parse_params(raw, str(path), overrides)

@@ -1,0 +1,1 @@
+"""Getting data in: download/copy a source, then prepare fixed splits as uint8 arrays."""

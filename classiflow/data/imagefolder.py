@@ -1,0 +1,163 @@
+"""Reading ``<root>/[train|val|test/]<class>/<image>`` trees into uint8 arrays.
+
+Images are opened only as PNG, JPEG, BMP or WebP and decoded in parallel processes; a file
+that is not such an image is skipped with a warning (or fails the run in strict mode).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from classiflow.errors import ClassiflowError
+from classiflow.progress import task_progress
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+MAX_PIXELS = 64_000_000
+
+
+@dataclass
+class Samples:
+    paths: list[Path]
+    labels: list[int]
+
+
+@dataclass
+class Tree:
+    classes: list[str]
+    splits: dict[str, Samples]  # "all" when the tree has no split folders
+
+
+@dataclass
+class Decoded:
+    images: np.ndarray  # N,H,W,3 uint8
+    labels: np.ndarray  # N int64
+    gray: np.ndarray  # N bool: the source image had one channel
+    skipped: list[dict] = field(default_factory=list)
+
+
+def _visible_dirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+
+
+def _visible_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def _unwrap(root: Path) -> Path:
+    """Archives often wrap the tree in one top folder: step into it."""
+    while True:
+        dirs, files = _visible_dirs(root), _visible_files(root)
+        if len(dirs) == 1 and not files and dirs[0].name.lower() not in SPLIT_NAMES:
+            root = dirs[0]
+        else:
+            return root
+
+
+def _class_files(split_root: Path) -> dict[str, list[Path]]:
+    classes = {}
+    for d in _visible_dirs(split_root):
+        files = sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise ClassiflowError(f"class folder {d} holds no images")
+        classes[d.name] = files
+    return classes
+
+
+def scan(root: Path) -> Tree:
+    root = _unwrap(root)
+    split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in _visible_dirs(root) if d.name.lower() in SPLIT_NAMES}
+    if "train" in split_dirs:
+        by_split = {name: _class_files(d) for name, d in split_dirs.items()}
+    else:
+        by_split = {"all": _class_files(root)}
+    main = by_split.get("train", by_split.get("all"))
+    classes = sorted(main)
+    if len(classes) < 2:
+        raise ClassiflowError(
+            f"{root}: found {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
+            "a classifier needs at least two"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {}
+    for name, files_by_class in by_split.items():
+        unknown = sorted(set(files_by_class) - set(classes))
+        if unknown:
+            raise ClassiflowError(f"{name} split has classes missing from train: {', '.join(unknown)}")
+        paths, labels = [], []
+        for cls in sorted(files_by_class):
+            paths += files_by_class[cls]
+            labels += [index[cls]] * len(files_by_class[cls])
+        splits[name] = Samples(paths, labels)
+    return Tree(classes, splits)
+
+
+def decode_image(path: Path, size: int) -> tuple[np.ndarray, bool]:
+    """Decode one image to ``size``x``size`` RGB uint8; raise ``ValueError`` if it is no image."""
+    try:
+        with Image.open(path, formats=ALLOWED_FORMATS) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise ValueError(f"{img.width}x{img.height} pixels is over the {MAX_PIXELS} limit")
+            img.load()
+            gray = img.mode in GRAY_MODES
+            if img.mode in ("I", "I;16", "F"):
+                wide = np.asarray(img, dtype=np.float64)
+                scale = 257.0 if wide.max() > 255 else 1.0
+                img = Image.fromarray((wide / scale).clip(0, 255).astype(np.uint8))
+            rgb = img.convert("RGB")
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+            return np.asarray(rgb, dtype=np.uint8), gray
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(str(err) or type(err).__name__) from None
+
+
+def _decode_chunk(args: tuple[list[str], int]) -> tuple[list, list[bool], list[tuple[int, str]]]:
+    paths, size = args
+    images, grays, failures = [], [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for i, p in enumerate(paths):
+            try:
+                arr, gray = decode_image(Path(p), size)
+            except (ValueError, Image.DecompressionBombWarning) as err:
+                failures.append((i, str(err)))
+                continue
+            images.append(arr)
+            grays.append(gray)
+    return images, grays, failures
+
+
+def decode_samples(samples: Samples, size: int, label: str, workers: int | None = None) -> Decoded:
+    workers = workers or os.cpu_count() or 1
+    chunk = 512
+    jobs = [
+        ([str(p) for p in samples.paths[i : i + chunk]], size) for i in range(0, len(samples.paths), chunk)
+    ]
+    images, grays, labels, skipped = [], [], [], []
+    with task_progress() as progress:
+        task = progress.add_task(f"decode {label}", total=len(samples.paths), status="")
+        pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
+        results = pool.map(_decode_chunk, jobs) if pool else map(_decode_chunk, jobs)
+        try:
+            for start, (imgs, gs, failures) in zip(range(0, len(samples.paths), chunk), results):
+                failed = {i for i, _ in failures}
+                for i, reason in failures:
+                    skipped.append({"file": str(samples.paths[start + i]), "reason": reason})
+                labels += [samples.labels[start + i] for i in range(len(jobs[start // chunk][0])) if i not in failed]
+                images += imgs
+                grays += gs
+                progress.update(task, advance=len(jobs[start // chunk][0]), status=f"{len(skipped)} skipped")
+        finally:
+            if pool:
+                pool.shutdown()
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return Decoded(stacked, np.asarray(labels, dtype=np.int64), np.asarray(grays, dtype=bool), skipped)

@@ -1,0 +1,79 @@
+"""Where each stage reads and writes, relative to one root (the repo for DVC, a run dir for Prefect)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path = ".") -> "Layout":
+        return cls(Path(root).resolve())
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "models" / "model.pt"
+
+    @property
+    def train_metrics(self) -> Path:
+        return self.root / "metrics" / "train.json"
+
+    @property
+    def train_history(self) -> Path:
+        return self.root / "reports" / "train_history.csv"
+
+    @property
+    def eval_metrics(self) -> Path:
+        return self.root / "metrics" / "evaluate.json"
+
+    @property
+    def predictions(self) -> Path:
+        """Per-image actual/predicted rows: the input of DVC's ``confusion`` plot template."""
+        return self.root / "reports" / "predictions.csv"
+
+    @property
+    def confusion_matrix_csv(self) -> Path:
+        return self.root / "reports" / "confusion_matrix.csv"
+
+    @property
+    def confusion_matrix_png(self) -> Path:
+        return self.root / "reports" / "confusion_matrix.png"
+
+    @property
+    def per_class(self) -> Path:
+        return self.root / "reports" / "per_class.csv"
+
+    @property
+    def registration(self) -> Path:
+        return self.root / "reports" / "registration.json"
+
+    def record(self, stage: str) -> Path:
+        """A stage's record: which MLflow runs it wrote, so the next stage can join them."""
+        return self.root / "records" / f"{stage}.json"
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The user's project directory, also from inside a ``dvc exp run --temp`` copy.
+
+    DVC runs temporary and queued experiments in ``<repo>/.dvc/tmp/exps/<name>``; paths that
+    must outlive the experiment (the MLflow database, relative data sources) resolve from the
+    real repository instead.
+    """
+    path = Path(start or Path.cwd()).resolve()
+    parts = path.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return path

@@ -1,0 +1,48 @@
+"""Evaluate stage: the trained model on the held-out test split, never on training data."""
+
+from __future__ import annotations
+
+import torch
+
+from classiflow.atomic import write_json
+from classiflow.checkpoint import load_checkpoint
+from classiflow.config import Params
+from classiflow.data.prepared import load_prepared
+from classiflow.errors import ClassiflowError
+from classiflow.evaluation import (
+    classification_metrics,
+    confusion,
+    plot_confusion,
+    write_confusion_csv,
+    write_per_class_csv,
+    write_predictions_csv,
+)
+from classiflow.layout import Layout
+from classiflow.tensors import Normalizer, predict_logits, to_nchw
+from classiflow.training import select_device
+
+
+def run(layout: Layout, params: Params) -> dict:
+    model, ckpt = load_checkpoint(layout.model)
+    data = load_prepared(layout.prepared, ("test",))
+    if ckpt["data_hash"] != data.data_hash:
+        raise ClassiflowError(
+            f"{layout.model} was trained on other data (hash {ckpt['data_hash'][:12]}, "
+            f"prepared data is {data.data_hash[:12]}); rerun the train stage"
+        )
+    device = select_device(params.train.device)
+    model.to(device)
+    normalizer = Normalizer(ckpt["mean"], ckpt["std"]).to(device)
+    logits = predict_logits(model, to_nchw(data.images["test"]), normalizer, device, params.evaluate.batch_size)
+    y_true, y_pred = data.labels["test"], logits.argmax(1).numpy()
+    classes = ckpt["classes"]
+    metrics = classification_metrics(y_true, y_pred, classes)
+    matrix = confusion(y_true, y_pred, len(classes))
+    write_predictions_csv(layout.predictions, y_true, y_pred, classes)
+    write_confusion_csv(layout.confusion_matrix_csv, matrix, classes)
+    write_per_class_csv(layout.per_class, metrics)
+    title = f"{ckpt['model']['name']} on {data.meta['dataset']}: test accuracy {metrics['accuracy']:.2%}"
+    plot_confusion(layout.confusion_matrix_png, matrix, classes, title)
+    metrics["test_loss"] = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y_true)))
+    write_json(layout.eval_metrics, metrics)
+    return {**metrics, "data_hash": data.data_hash, "confusion_matrix": matrix.tolist()}

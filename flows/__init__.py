@@ -1,0 +1,1 @@
+"""Prefect flows (and the CLI that DVC stages call): compositions of the tasks in ``tasks/``."""

@@ -1,0 +1,133 @@
+"""The classiflow command: one sub-command per DVC stage, plus promote, run and check.
+
+Stage commands run the task bodies directly (``task.fn``) so a ``dvc repro`` needs no Prefect
+server; ``classiflow run`` runs the same tasks as the Prefect ``train-flow``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from classiflow.config import Params, load_params
+from classiflow.errors import ClassiflowError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+err = Console(stderr=True)
+ParamsFile = Annotated[str, typer.Option("--params", "-p", help="Parameter file.")]
+
+
+def _user_errors(fn):
+    """Turn user mistakes into one red line and exit status 1, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ClassiflowError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _stage(name: str):
+    def run(params: ParamsFile = "params.yaml") -> None:
+        cfg: Params = load_params(params)
+        task = _tasks()[name]
+        task.fn(".", cfg)
+
+    run.__name__ = name
+    run.__doc__ = f"Run the {name} stage in the current directory (what `dvc repro` calls)."
+    return app.command(name)(_user_errors(run))
+
+
+def _tasks() -> dict[str, Any]:
+    from tasks.data import download, prepare
+    from tasks.evaluate import evaluate
+    from tasks.registry import register
+    from tasks.train import train
+
+    return {"download": download, "prepare": prepare, "train": train, "evaluate": evaluate, "register": register}
+
+
+for _name in ("download", "prepare", "train", "evaluate", "register"):
+    _stage(_name)
+
+
+@app.command()
+@_user_errors
+def check(params: ParamsFile = "params.yaml") -> None:
+    """Validate the parameter file and print the resolved values."""
+    cfg = load_params(params)
+    Console().print_json(json.dumps(cfg.flat()))
+
+
+@app.command()
+@_user_errors
+def promote(
+    name: Annotated[str | None, typer.Option(help="Registered model (default: from params).")] = None,
+    version: Annotated[str | None, typer.Option(help="Version to promote (default: @challenger).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Promote even if test accuracy is lower.")] = False,
+    params: ParamsFile = "params.yaml",
+) -> None:
+    """Move the @champion alias to a version when it is at least as accurate as the champion."""
+    from classiflow.data.prepared import load_meta
+    from classiflow.layout import Layout
+    from tasks.registry import promote as do_promote
+    from tasks.registry import registered_name
+
+    cfg = load_params(params)
+    if name is None:
+        name = registered_name(cfg, load_meta(Layout.at(".").prepared)["dataset"])
+    decision, chosen = do_promote(cfg, name, version, force)
+    if decision.promote:
+        Console().print(f"promoted {name} version {chosen} to @champion: {decision.reason}")
+    else:
+        Console().print(f"not promoted: {name} version {chosen}: {decision.reason}")
+        raise typer.Exit(3)
+
+
+def _parse_set(values: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ClassiflowError(f"--set {item!r}: expected key=value")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+@app.command()
+@_user_errors
+def run(
+    set_: Annotated[list[str], typer.Option("--set", "-S", help="Override, e.g. -S train.epochs=2")] = [],  # noqa: B006
+    workdir: Annotated[str | None, typer.Option(help="Where the run writes (default runs/<flow run>).")] = None,
+    params: ParamsFile = "params.yaml",
+) -> None:
+    """Run the whole pipeline as the Prefect train-flow (the API from PREFECT_API_URL, else ephemeral)."""
+    from flows.train import train_flow
+
+    overrides = _parse_set(set_)
+    load_params(params, overrides)
+    result = train_flow(params_file=params, overrides=overrides, workdir=workdir)
+    Console().print_json(json.dumps(result))
+
+
+def main() -> None:  # pragma: no cover - console entry point convenience
+    app(prog_name="classiflow")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

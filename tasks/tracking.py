@@ -1,0 +1,167 @@
+"""MLflow wiring: where runs go, and how stage runs group under one pipeline run.
+
+A pipeline run is an MLflow parent run with every parameter; each stage is a nested run.
+The Prefect flow opens the parent itself. Under DVC every stage is its own process, so a
+stage joins the parent recorded by its upstream stage (``records/<stage>.json``) when that
+parent has no finished run of this stage yet and was made with the same parameters;
+otherwise the stage starts a new pipeline run. Changing ``train.epochs`` therefore gives a
+new row in the UI that holds train, evaluate and register, with the data stages' params.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from classiflow.atomic import read_json, write_json
+from classiflow.config import Params
+from classiflow.errors import ClassiflowError
+from classiflow.layout import Layout, project_root
+
+UPSTREAM = {"download": None, "prepare": "download", "train": "prepare", "evaluate": "train", "register": "evaluate"}
+STAGE_TAG = "classiflow.stage"
+PIPELINE_TAG = "classiflow.pipeline"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def _check_reachable(uri: str) -> None:
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+    except requests.RequestException as err:
+        reason = type(err).__name__ if isinstance(err, requests.ConnectionError) else err
+        raise ClassiflowError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it or unset MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def setup(params: Params) -> str:
+    """Point MLflow at the configured store and return the experiment id."""
+    uri = tracking_uri()
+    _check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(params.tracking.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = None if "MLFLOW_TRACKING_URI" in os.environ else (project_root() / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(params.tracking.experiment, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        return client.get_experiment_by_name(params.tracking.experiment).experiment_id
+
+
+def git_commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=project_root(), timeout=10).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD") or "unknown"
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty and commit != "unknown" else commit
+
+
+def _same_params(run: mlflow.entities.Run, params: Params) -> bool:
+    logged = run.data.params
+    return all(logged.get(k, str(v)) == str(v) for k, v in params.flat().items())
+
+
+def _joinable_parent(client: MlflowClient, exp_id: str, layout: Layout, stage: str, params: Params) -> str | None:
+    upstream = UPSTREAM[stage]
+    record_path = layout.record(upstream) if upstream else None
+    if record_path is None or not record_path.exists():
+        return None
+    record = read_json(record_path)
+    if record.get("tracking_uri") != tracking_uri() or not record.get("pipeline_run_id"):
+        return None
+    try:
+        parent = client.get_run(record["pipeline_run_id"])
+    except mlflow.exceptions.MlflowException:
+        return None
+    if parent.info.lifecycle_stage != "active" or not _same_params(parent, params):
+        return None
+    done = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`{STAGE_TAG}` = '{stage}' "
+        "and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return None if done else parent.info.run_id
+
+
+def start_pipeline_run(exp_id: str, params: Params, entry: str, name: str | None = None) -> str:
+    client = MlflowClient()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run = client.create_run(
+        exp_id,
+        run_name=name or f"{params.model.name}-{stamp}",
+        tags={PIPELINE_TAG: "true", "classiflow.entry": entry, "git_commit": git_commit()},
+    )
+    flat = params.flat()
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in flat.items()])
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, layout: Layout, params: Params, parent_run_id: str | None = None) -> Iterator[str]:
+    """Open the stage's nested run (yielding the pipeline run id) and leave its record behind."""
+    exp_id = setup(params)
+    client = MlflowClient()
+    if parent_run_id is None:
+        parent_run_id = _joinable_parent(client, exp_id, layout, stage, params) or start_pipeline_run(
+            exp_id, params, entry="dvc"
+        )
+    tags = {STAGE_TAG: stage, "git_commit": git_commit()}
+    with mlflow.start_run(run_id=parent_run_id):
+        with mlflow.start_run(run_name=stage, nested=True, tags=tags, experiment_id=exp_id) as run:
+            yield parent_run_id
+    write_json(
+        layout.record(stage),
+        {
+            "stage": stage,
+            "run_id": run.info.run_id,
+            "pipeline_run_id": parent_run_id,
+            "experiment_id": exp_id,
+            "tracking_uri": tracking_uri(),
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+
+
+def log_to_pipeline(pipeline_run_id: str, metrics: dict | None = None, tags: dict | None = None) -> None:
+    client = MlflowClient()
+    for key, value in (metrics or {}).items():
+        client.log_metric(pipeline_run_id, key, float(value))
+    for key, value in (tags or {}).items():
+        client.set_tag(pipeline_run_id, key, str(value))
+
+
+def run_logger():
+    """Prefect's run logger inside a flow or task run, the standard logger under DVC."""
+    import logging
+
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return logging.getLogger("classiflow")
