@@ -10,6 +10,8 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Every stage is a fresh process importing torch, MLflow and Prefect: let Python cache bytecode.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install run test test-fast lint ui prefect-server prefect-deploy prefect-worker prefect-smoke benchmark clean
 
@@ -22,8 +24,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# make run SET="data.source=path/to/archive.tar.gz train.epochs=2" runs `dvc exp run -S ...`
 run: install
+ifdef SET
+	dvc exp run $(foreach s,$(SET),-S '$(s)')
+else
 	dvc repro
+endif
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from typing import Annotated, Any
 
@@ -22,11 +23,22 @@ err = Console(stderr=True)
 ParamsFile = Annotated[str, typer.Option("--params", "-p", help="Parameter file.")]
 
 
+def _setup_logging() -> None:
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("classiflow")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(console=err, show_path=False, show_time=False))
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def _user_errors(fn):
     """Turn user mistakes into one red line and exit status 1, not a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        _setup_logging()
         try:
             return fn(*args, **kwargs)
         except ClassiflowError as exc:

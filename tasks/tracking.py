@@ -58,7 +58,9 @@ def setup(params: Params) -> str:
     exp = client.get_experiment_by_name(params.tracking.experiment)
     if exp is not None:
         return exp.experiment_id
-    location = None if "MLFLOW_TRACKING_URI" in os.environ else (project_root() / "mlartifacts").as_uri()
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
     try:
         return client.create_experiment(params.tracking.experiment, artifact_location=location)
     except mlflow.exceptions.MlflowException:
@@ -154,7 +156,7 @@ def log_to_pipeline(pipeline_run_id: str, metrics: dict | None = None, tags: dic
 
 
 def run_logger():
-    """Prefect's run logger inside a flow or task run, the standard logger under DVC."""
+    """Prefect's run logger inside a flow or task run, the ``classiflow`` logger under DVC."""
     import logging
 
     from prefect import get_run_logger
@@ -163,5 +165,4 @@ def run_logger():
     try:
         return get_run_logger()
     except MissingContextError:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         return logging.getLogger("classiflow")

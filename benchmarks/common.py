@@ -1,0 +1,56 @@
+"""Shared benchmark plumbing: the machine description, prepared CIFAR-10, and docs/benchmarks.md sections."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
+CACHE = REPO / "benchmarks" / ".cache"
+DOC = REPO / "docs" / "benchmarks.md"
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        cpu = re.search(r"model name\s*:\s*(.+)", text).group(1).strip()
+    except (OSError, AttributeError):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{os.cpu_count()} cores ({cpu}){gpu}, torch {torch.__version__}, {dt.date.today().isoformat()}"
+
+
+def prepared_cifar10() -> Path | None:
+    """CIFAR-10 from the shared archive, prepared once into benchmarks/.cache (git-ignored)."""
+    if not SHARED_ARCHIVE.exists():
+        return None
+    from classiflow.config import DataParams
+    from classiflow.data.download import download
+    from classiflow.data.prepare import prepare
+
+    out = CACHE / "cifar10-jpg" / "prepared"
+    if not (out / "meta.json").exists():
+        raw = CACHE / "cifar10-jpg" / "raw"
+        download(str(SHARED_ARCHIVE), raw)
+        prepare(raw, out, DataParams())
+    return out
+
+
+def write_section(name: str, markdown: str) -> None:
+    """Replace (or append) the ``name`` section of docs/benchmarks.md, leaving the others alone."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{markdown.strip()}\n{end}"
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nEach section is written by the script it names.\n"
+    if start in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(text)
