@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # Every stage is a fresh process importing torch, MLflow and Prefect: let Python cache bytecode.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install run test test-fast lint ui prefect-server prefect-deploy prefect-worker prefect-smoke benchmark clean
+.PHONY: install run test test-fast lint plots ui prefect-server prefect-deploy prefect-worker prefect-smoke benchmark clean
 
 install: $(STAMP)
 
@@ -56,6 +56,9 @@ prefect-worker: install
 
 prefect-smoke: install
 	bash scripts/prefect_smoke.sh
+
+plots: install
+	bash scripts/plots.sh
 
 benchmark: install
 	$(BIN)/python benchmarks/train_throughput.py

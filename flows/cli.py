@@ -92,14 +92,16 @@ def promote(
     params: ParamsFile = "params.yaml",
 ) -> None:
     """Move the @champion alias to a version when it is at least as accurate as the champion."""
-    from classiflow.data.prepared import load_meta
+    from classiflow.atomic import read_json
     from classiflow.layout import Layout
     from tasks.registry import promote as do_promote
-    from tasks.registry import registered_name
 
     cfg = load_params(params)
+    registration = Layout.at(".").registration
     if name is None:
-        name = registered_name(cfg, load_meta(Layout.at(".").prepared)["dataset"])
+        name = cfg.registry.model_name or (read_json(registration)["model_name"] if registration.exists() else None)
+    if name is None:
+        raise ClassiflowError("which registered model? pass --name (no register.model_name, no reports/registration.json)")
     decision, chosen = do_promote(cfg, name, version, force)
     if decision.promote:
         Console().print(f"promoted {name} version {chosen} to @champion: {decision.reason}")

@@ -120,42 +120,40 @@ def decode_image(path: Path, size: int) -> tuple[np.ndarray, bool]:
         raise ValueError(str(err) or type(err).__name__) from None
 
 
-def _decode_chunk(args: tuple[list[str], int]) -> tuple[list, list[bool], list[tuple[int, str]]]:
+def _decode_chunk(args: tuple[list[str], int]) -> list[tuple[np.ndarray | None, bool, str | None]]:
     paths, size = args
-    images, grays, failures = [], [], []
+    out = []
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        for i, p in enumerate(paths):
+        for p in paths:
             try:
                 arr, gray = decode_image(Path(p), size)
+                out.append((arr, gray, None))
             except (ValueError, Image.DecompressionBombWarning) as err:
-                failures.append((i, str(err)))
-                continue
-            images.append(arr)
-            grays.append(gray)
-    return images, grays, failures
+                out.append((None, False, str(err)))
+    return out
 
 
 def decode_samples(samples: Samples, size: int, label: str, workers: int | None = None) -> Decoded:
     workers = workers or os.cpu_count() or 1
     chunk = 512
-    jobs = [
-        ([str(p) for p in samples.paths[i : i + chunk]], size) for i in range(0, len(samples.paths), chunk)
-    ]
+    starts = range(0, len(samples.paths), chunk)
+    jobs = [([str(p) for p in samples.paths[i : i + chunk]], size) for i in starts]
     images, grays, labels, skipped = [], [], [], []
     with task_progress() as progress:
         task = progress.add_task(f"decode {label}", total=len(samples.paths), status="")
         pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
-        results = pool.map(_decode_chunk, jobs) if pool else map(_decode_chunk, jobs)
         try:
-            for start, (imgs, gs, failures) in zip(range(0, len(samples.paths), chunk), results):
-                failed = {i for i, _ in failures}
-                for i, reason in failures:
-                    skipped.append({"file": str(samples.paths[start + i]), "reason": reason})
-                labels += [samples.labels[start + i] for i in range(len(jobs[start // chunk][0])) if i not in failed]
-                images += imgs
-                grays += gs
-                progress.update(task, advance=len(jobs[start // chunk][0]), status=f"{len(skipped)} skipped")
+            results = pool.map(_decode_chunk, jobs) if pool else map(_decode_chunk, jobs)
+            for start, decoded in zip(starts, results):
+                for i, (arr, gray, error) in enumerate(decoded, start):
+                    if error is not None:
+                        skipped.append({"file": str(samples.paths[i]), "reason": error})
+                        continue
+                    images.append(arr)
+                    grays.append(gray)
+                    labels.append(samples.labels[i])
+                progress.update(task, advance=len(decoded), status=f"{len(skipped)} skipped")
         finally:
             if pool:
                 pool.shutdown()
