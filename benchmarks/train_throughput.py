@@ -32,8 +32,15 @@ def synthetic() -> PreparedData:
     rng = np.random.default_rng(0)
     images = {s: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8) for s, n in (("train", 45000), ("val", 5000))}
     labels = {s: rng.integers(0, 10, len(x)).astype(np.int64) for s, x in images.items()}
-    meta = {"classes": [str(i) for i in range(10)], "channels": 3, "image_size": 32,
-            "mean": [0.5] * 3, "std": [0.25] * 3, "data_hash": "synthetic", "dataset": "synthetic"}
+    meta = {
+        "classes": [str(i) for i in range(10)],
+        "channels": 3,
+        "image_size": 32,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "data_hash": "synthetic",
+        "dataset": "synthetic",
+    }
     return PreparedData(meta, images, labels)
 
 

@@ -15,9 +15,7 @@ from classiflow.atomic import atomic_path, write_text
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
     labels = list(range(len(classes)))
     p, r, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    mp, mr, mf1, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average="macro", zero_division=0
-    )
+    mp, mr, mf1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_precision": float(mp),
@@ -43,7 +41,7 @@ def _csv(rows: list[list]) -> str:
 
 def write_predictions_csv(path: Path, y_true, y_pred, classes: list[str]) -> None:
     """One row per test image: DVC's ``confusion`` template builds the matrix from these."""
-    rows = [["actual", "predicted"]] + [[classes[t], classes[p]] for t, p in zip(y_true, y_pred)]
+    rows = [["actual", "predicted"]] + [[classes[t], classes[p]] for t, p in zip(y_true, y_pred, strict=True)]
     write_text(path, _csv(rows))
 
 
@@ -80,8 +78,15 @@ def plot_confusion(path: Path, matrix: np.ndarray, classes: list[str], title: st
         for i in range(n):
             for j in range(n):
                 share = matrix[i, j] / row_sums[i, 0]
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if share > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if share > 0.5 else "black",
+                )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -101,7 +101,9 @@ def promote(
     if name is None:
         name = cfg.registry.model_name or (read_json(registration)["model_name"] if registration.exists() else None)
     if name is None:
-        raise ClassiflowError("which registered model? pass --name (no register.model_name, no reports/registration.json)")
+        raise ClassiflowError(
+            "which registered model? pass --name (no register.model_name, no reports/registration.json)"
+        )
     decision, chosen = do_promote(cfg, name, version, force)
     if decision.promote:
         Console().print(f"promoted {name} version {chosen} to @champion: {decision.reason}")

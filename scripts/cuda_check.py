@@ -1,6 +1,6 @@
 """Run the library's train and evaluate stages on CUDA when a GPU is present (manual check).
 
-    python scripts/cuda_check.py     # prints the device used, accuracy and throughput
+python scripts/cuda_check.py     # prints the device used, accuracy and throughput
 """
 
 from __future__ import annotations
@@ -27,13 +27,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         layout = Layout.at(tmp)
         folder = write_image_folder(Path(tmp) / "shapes", per_class=200, size=32)
-        params = Params.model_validate({"data": {"source": str(folder)}, "train": {"epochs": 5, "batch_size": 64, "lr": 0.01}})
+        params = Params.model_validate(
+            {"data": {"source": str(folder)}, "train": {"epochs": 5, "batch_size": 64, "lr": 0.01}}
+        )
         download(params.data.source, layout.raw)
         prepare(layout.raw, layout.prepared, params.data)
         start = time.perf_counter()
         summary = train.run(layout, params)
-        print(f"train: device {summary['device']}, best val accuracy {summary['best_val_accuracy']:.3f}, "
-              f"{summary['images_per_second']:.0f} img/s, {time.perf_counter() - start:.1f} s")
+        print(
+            f"train: device {summary['device']}, best val accuracy {summary['best_val_accuracy']:.3f}, "
+            f"{summary['images_per_second']:.0f} img/s, {time.perf_counter() - start:.1f} s"
+        )
         metrics = evaluate.run(layout, params)
         print(f"evaluate: test accuracy {metrics['accuracy']:.3f} on {metrics['test_size']} images")
         if torch.cuda.is_available():

@@ -31,14 +31,21 @@ def prepare(root: str, params: Params, pipeline_run_id: str | None = None) -> di
     with stage_run("prepare", layout, params, pipeline_run_id) as pipeline:
         meta = prepare_stage.run(layout, params)
         mlflow.log_params({k: v for k, v in params.flat().items() if k.startswith("data.")})
-        mlflow.log_metrics({f"{k}_size": v for k, v in meta["sizes"].items()} | {"skipped_files": meta["skipped_count"]})
+        mlflow.log_metrics(
+            {f"{k}_size": v for k, v in meta["sizes"].items()} | {"skipped_files": meta["skipped_count"]}
+        )
         mlflow.set_tag("data_hash", meta["data_hash"])
         mlflow.log_dict(meta, "meta.json")
         log_to_pipeline(pipeline, tags={"data_hash": meta["data_hash"], "dataset": meta["dataset"]})
     sizes = ", ".join(f"{k} {v}" for k, v in meta["sizes"].items())
     run_logger().info(
         "prepare: %d classes, %s, %dx%dx%d; %d file(s) skipped; data hash %s",
-        len(meta["classes"]), sizes, meta["image_size"], meta["image_size"], meta["channels"],
-        meta["skipped_count"], meta["data_hash"][:12],
+        len(meta["classes"]),
+        sizes,
+        meta["image_size"],
+        meta["image_size"],
+        meta["channels"],
+        meta["skipped_count"],
+        meta["data_hash"][:12],
     )
     return meta

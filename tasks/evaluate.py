@@ -29,6 +29,8 @@ def evaluate(root: str, params: Params, pipeline_run_id: str | None = None) -> d
         log_to_pipeline(pipeline, metrics=headline)
     run_logger().info(
         "evaluate: test accuracy %.4f, macro F1 %.4f on %d images",
-        metrics["accuracy"], metrics["macro_f1"], metrics["test_size"],
+        metrics["accuracy"],
+        metrics["macro_f1"],
+        metrics["test_size"],
     )
     return metrics

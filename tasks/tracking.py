@@ -69,7 +69,9 @@ def setup(params: Params) -> str:
 
 def git_commit() -> str:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=project_root(), timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=project_root(), timeout=10
+        ).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD") or "unknown"
@@ -142,7 +144,7 @@ def stage_run(stage: str, layout: Layout, params: Params, parent_run_id: str | N
             "pipeline_run_id": parent_run_id,
             "experiment_id": exp_id,
             "tracking_uri": tracking_uri(),
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
     )
 

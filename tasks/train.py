@@ -21,7 +21,11 @@ def train(root: str, params: Params, pipeline_run_id: str | None = None) -> dict
         mlflow.log_metrics({k: v for k, v in stats.items() if k != "epoch"}, step=epoch)
         log.info(
             "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f img/s",
-            epoch, stats["train_loss"], stats["train_accuracy"], stats["val_loss"], stats["val_accuracy"],
+            epoch,
+            stats["train_loss"],
+            stats["train_accuracy"],
+            stats["val_loss"],
+            stats["val_accuracy"],
             stats["images_per_second"],
         )
 
@@ -32,6 +36,8 @@ def train(root: str, params: Params, pipeline_run_id: str | None = None) -> dict
         mlflow.log_metrics(final)
         mlflow.set_tags({"device": summary["device"], "data_hash": summary["data_hash"]})
         mlflow.log_artifact(str(layout.train_history))
-        log_to_pipeline(pipeline, metrics={k: final[k] for k in ("best_val_accuracy", "images_per_second", "train_seconds")})
+        log_to_pipeline(
+            pipeline, metrics={k: final[k] for k in ("best_val_accuracy", "images_per_second", "train_seconds")}
+        )
     log.info("train: best val accuracy %.4f at epoch %d", summary["best_val_accuracy"], summary["best_epoch"])
     return summary

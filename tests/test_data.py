@@ -35,9 +35,13 @@ def test_folder_without_splits_gets_stratified_seeded_splits(tmp_path, image_fol
     data = load_prepared(tmp_path / "prepared")
     assert data.images["train"].shape == (36, 16, 16, 3) and data.images["train"].dtype == np.uint8
     first_hash = meta["data_hash"]
-    again = prepare(tmp_path / "raw", tmp_path / "prepared2", DataParams(val_fraction=0.2, test_fraction=0.2, image_size=16))
+    again = prepare(
+        tmp_path / "raw", tmp_path / "prepared2", DataParams(val_fraction=0.2, test_fraction=0.2, image_size=16)
+    )
     assert again["data_hash"] == first_hash
-    other_seed = prepare(tmp_path / "raw", tmp_path / "prepared3", DataParams(val_fraction=0.2, test_fraction=0.2, image_size=16, seed=7))
+    other_seed = prepare(
+        tmp_path / "raw", tmp_path / "prepared3", DataParams(val_fraction=0.2, test_fraction=0.2, image_size=16, seed=7)
+    )
     assert other_seed["data_hash"] != first_hash
 
 
@@ -139,7 +143,9 @@ def test_builtin_mnist_files_are_read_without_network(tmp_path):
     for prefix, n in (("train", 60), ("t10k", 20)):
         idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
-    (tmp_path / "raw" / "manifest.json").write_text(json.dumps({"kind": "builtin", "name": "mnist", "source": "mnist", "path": "."}))
+    (tmp_path / "raw" / "manifest.json").write_text(
+        json.dumps({"kind": "builtin", "name": "mnist", "source": "mnist", "path": "."})
+    )
     meta = prepare(tmp_path / "raw", tmp_path / "prepared", DataParams(image_size=32, val_fraction=0.2))
     assert meta["channels"] == 1 and meta["sizes"] == {"train": 48, "val": 12, "test": 20}
     assert load_prepared(tmp_path / "prepared").images["test"].shape == (20, 32, 32, 1)

@@ -72,7 +72,9 @@ def test_dvc_repro_runs_every_stage_and_registers_a_challenger(project, first_re
     parent = client.get_run(record["pipeline_run_id"])
     assert parent.data.params["train.epochs"] == "2"
     assert parent.data.metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
-    assert _runs(client, parent.info.run_id) == {s: "FINISHED" for s in ("download", "prepare", "train", "evaluate", "register")}
+    assert _runs(client, parent.info.run_id) == {
+        s: "FINISHED" for s in ("download", "prepare", "train", "evaluate", "register")
+    }
 
 
 def test_second_repro_runs_nothing(project, first_repro):
@@ -98,7 +100,9 @@ def test_changing_epochs_reruns_train_and_after_only(project, first_repro):
 
 def test_promote_moves_champion_only_when_not_worse(project, first_repro):
     def promote(*args):
-        return subprocess.run(["classiflow", "promote", *args], cwd=project, env=_env(), capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            ["classiflow", "promote", *args], cwd=project, env=_env(), capture_output=True, text=True, timeout=300
+        )
 
     first = promote("--version", "1")
     assert first.returncode == 0, first.stderr
@@ -111,7 +115,10 @@ def test_promote_moves_champion_only_when_not_worse(project, first_repro):
     expected = "2" if v2 >= v1 else "1"
     assert str(client.get_model_version_by_alias("classiflow-shapes", "champion").version) == expected
     forced = promote("--version", "1", "--force")
-    assert forced.returncode == 0 and str(client.get_model_version_by_alias("classiflow-shapes", "champion").version) == "1"
+    assert (
+        forced.returncode == 0
+        and str(client.get_model_version_by_alias("classiflow-shapes", "champion").version) == "1"
+    )
 
 
 def test_prefect_flow_runs_the_same_tasks(project, first_repro, tmp_path, monkeypatch):
@@ -129,6 +136,8 @@ def test_prefect_flow_runs_the_same_tasks(project, first_repro, tmp_path, monkey
     client = _client(project)
     parent = client.get_run(result["pipeline_run_id"])
     assert parent.data.tags["classiflow.entry"] == "prefect"
-    assert _runs(client, result["pipeline_run_id"]) == {s: "FINISHED" for s in ("download", "prepare", "train", "evaluate", "register")}
+    assert _runs(client, result["pipeline_run_id"]) == {
+        s: "FINISHED" for s in ("download", "prepare", "train", "evaluate", "register")
+    }
     assert str(client.get_model_version_by_alias("classiflow-shapes", "challenger").version) == result["version"]
     assert (tmp_path / "flowrun/reports/confusion_matrix.png").exists()

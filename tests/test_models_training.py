@@ -29,7 +29,7 @@ def test_simplecnn_matches_the_article_layers():
         (3, 16, (3, 3), (1, 1)),
         (16, 32, (3, 3), (1, 1)),
     ]
-    assert [(l.in_features, l.out_features) for l in linears] == [(32 * 8 * 8, 120), (120, 84), (84, 10)]
+    assert [(fc.in_features, fc.out_features) for fc in linears] == [(32 * 8 * 8, 120), (120, 84), (84, 10)]
 
 
 def test_unknown_model_lists_the_available_ones():
@@ -45,7 +45,14 @@ def _toy_data(n=240, size=16, seed=0) -> PreparedData:
     for i, y in enumerate(labels):
         rows = slice(0, size // 2) if y == 0 else slice(size // 2, size)
         images[i, rows] += 150
-    meta = {"classes": ["top", "bottom"], "channels": 1, "image_size": size, "mean": [0.3], "std": [0.3], "data_hash": "toy"}
+    meta = {
+        "classes": ["top", "bottom"],
+        "channels": 1,
+        "image_size": size,
+        "mean": [0.3],
+        "std": [0.3],
+        "data_hash": "toy",
+    }
     split = {"train": slice(0, 160), "val": slice(160, 200), "test": slice(200, 240)}
     return PreparedData(meta, {k: images[s] for k, s in split.items()}, {k: labels[s] for k, s in split.items()})
 
@@ -61,7 +68,9 @@ def test_fit_learns_and_reports_history():
 
 
 def test_step_lr_follows_the_schedule():
-    result = fit(build_model("simplecnn", 1, 2, 16), _toy_data(), TrainParams(epochs=3, step_size=1, gamma=0.5, device="cpu"))
+    result = fit(
+        build_model("simplecnn", 1, 2, 16), _toy_data(), TrainParams(epochs=3, step_size=1, gamma=0.5, device="cpu")
+    )
     assert [h["lr"] for h in result.history] == pytest.approx([0.001, 0.0005, 0.00025])
 
 

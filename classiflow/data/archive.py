@@ -59,9 +59,7 @@ def check_members(path: Path) -> int:
         raise ClassiflowError(f"{path.name}: not a readable archive ({err})") from None
     for name in names:
         if _unsafe_member_name(name):
-            raise ClassiflowError(
-                f"{path.name}: member {name!r} escapes the target directory; refusing to extract"
-            )
+            raise ClassiflowError(f"{path.name}: member {name!r} escapes the target directory; refusing to extract")
     return len(names)
 
 

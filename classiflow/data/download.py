@@ -46,9 +46,7 @@ def resolve_source(source: str, base_dir: Path | None = None) -> Source:
         return Source("builtin", source.lower(), source.lower())
     if re.match(r"^(https?|ftp)://", source):
         if not is_archive_name(urlparse(source).path):
-            raise ClassiflowError(
-                f"data.source {source!r}: a URL must point at a .tar, .tar.gz, .tgz or .zip archive"
-            )
+            raise ClassiflowError(f"data.source {source!r}: a URL must point at a .tar, .tar.gz, .tgz or .zip archive")
         return Source("url", source, dataset_name(source))
     path = Path(source).expanduser()
     if not path.is_absolute() and base_dir is not None:
@@ -61,9 +59,7 @@ def resolve_source(source: str, base_dir: Path | None = None) -> Source:
     if path.is_dir():
         return Source("folder", str(path.resolve()), dataset_name(path.resolve().name))
     if not is_archive_name(path.name):
-        raise ClassiflowError(
-            f"data.source {source!r}: not a directory or a .tar/.tar.gz/.tgz/.zip archive"
-        )
+        raise ClassiflowError(f"data.source {source!r}: not a directory or a .tar/.tar.gz/.tgz/.zip archive")
     try:
         with open(path, "rb"):
             pass

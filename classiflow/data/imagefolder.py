@@ -145,7 +145,7 @@ def decode_samples(samples: Samples, size: int, label: str, workers: int | None 
         pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
         try:
             results = pool.map(_decode_chunk, jobs) if pool else map(_decode_chunk, jobs)
-            for start, decoded in zip(starts, results):
+            for start, decoded in zip(starts, results, strict=True):
                 for i, (arr, gray, error) in enumerate(decoded, start):
                     if error is not None:
                         skipped.append({"file": str(samples.paths[i]), "reason": error})

@@ -18,7 +18,5 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int) 
     try:
         builder = MODELS[name]
     except KeyError:
-        raise ClassiflowError(
-            f"model.name {name!r}: unknown model (available: {', '.join(sorted(MODELS))})"
-        ) from None
+        raise ClassiflowError(f"model.name {name!r}: unknown model (available: {', '.join(sorted(MODELS))})") from None
     return builder(in_channels=in_channels, num_classes=num_classes, image_size=image_size)

@@ -28,7 +28,10 @@ def run(layout: Layout, params: Params, on_epoch_end: Callable[[dict], None] | N
         {"epoch": result.best_epoch, "val_accuracy": result.best_val_accuracy, "train": params.train.model_dump()},
     )
     rows = [",".join(HISTORY_FIELDS)]
-    rows += [",".join(f"{h[k]:.6g}" if isinstance(h[k], float) else str(h[k]) for k in HISTORY_FIELDS) for h in result.history]
+    rows += [
+        ",".join(f"{h[k]:.6g}" if isinstance(h[k], float) else str(h[k]) for k in HISTORY_FIELDS)
+        for h in result.history
+    ]
     write_text(layout.train_history, "\n".join(rows) + "\n")
     last = result.history[-1]
     metrics = {
