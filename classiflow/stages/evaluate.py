@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from classiflow.atomic import write_json
@@ -33,10 +35,15 @@ def run(layout: Layout, params: Params) -> dict:
     device = select_device(params.train.device)
     model.to(device)
     normalizer = Normalizer(ckpt["mean"], ckpt["std"]).to(device)
-    logits = predict_logits(model, to_nchw(data.images["test"]), normalizer, device, params.evaluate.batch_size)
+    images = to_nchw(data.images["test"])
+    start = time.perf_counter()
+    logits = predict_logits(model, images, normalizer, device, params.evaluate.batch_size)
+    seconds = time.perf_counter() - start
     y_true, y_pred = data.labels["test"], logits.argmax(1).numpy()
     classes = ckpt["classes"]
     metrics = classification_metrics(y_true, y_pred, classes)
+    metrics["inference_ms_per_image"] = 1000.0 * seconds / max(len(y_true), 1)
+    metrics["model_bytes"] = layout.model.stat().st_size
     matrix = confusion(y_true, y_pred, len(classes))
     write_predictions_csv(layout.predictions, y_true, y_pred, classes)
     write_confusion_csv(layout.confusion_matrix_csv, matrix, classes)
