@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from classiflow.baseline.params import BaselineParams
 from classiflow.errors import ClassiflowError
 
 BUILTIN_DATASETS = ("cifar10", "mnist", "fashion_mnist")
@@ -77,6 +78,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     registry: RegisterParams = Field(RegisterParams(), alias="register")
+    baseline: BaselineParams = BaselineParams()
     tracking: TrackingParams = TrackingParams()
 
     def flat(self) -> dict[str, Any]:

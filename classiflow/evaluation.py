@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
@@ -91,3 +92,23 @@ def plot_confusion(path: Path, matrix: np.ndarray, classes: list[str], title: st
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+class ReportPaths(Protocol):
+    predictions: Path
+    confusion_matrix_csv: Path
+    confusion_matrix_png: Path
+    per_class: Path
+
+
+def score_and_report(
+    paths: ReportPaths, y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], title: str
+) -> tuple[dict, np.ndarray]:
+    """Metrics plus every report file, the same for the CNN and the classical baseline."""
+    metrics = classification_metrics(y_true, y_pred, classes)
+    matrix = confusion(y_true, y_pred, len(classes))
+    write_predictions_csv(paths.predictions, y_true, y_pred, classes)
+    write_confusion_csv(paths.confusion_matrix_csv, matrix, classes)
+    write_per_class_csv(paths.per_class, metrics)
+    plot_confusion(paths.confusion_matrix_png, matrix, classes, f"{title}: test accuracy {metrics['accuracy']:.2%}")
+    return metrics, matrix

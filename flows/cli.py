@@ -62,16 +62,28 @@ def _stage(name: str):
     return app.command(name)(_user_errors(run))
 
 
+STAGES = ("download", "prepare", "train", "evaluate", "register", "baseline", "compare")
+
+
 def _tasks() -> dict[str, Any]:
+    from tasks.baseline import baseline, compare
     from tasks.data import download, prepare
     from tasks.evaluate import evaluate
     from tasks.registry import register
     from tasks.train import train
 
-    return {"download": download, "prepare": prepare, "train": train, "evaluate": evaluate, "register": register}
+    return {
+        "download": download,
+        "prepare": prepare,
+        "train": train,
+        "evaluate": evaluate,
+        "register": register,
+        "baseline": baseline,
+        "compare": compare,
+    }
 
 
-for _name in ("download", "prepare", "train", "evaluate", "register"):
+for _name in STAGES:
     _stage(_name)
 
 

@@ -1,4 +1,4 @@
-"""``train-flow``: download -> prepare -> train -> evaluate -> register as one Prefect flow.
+"""``train-flow``: download -> prepare -> train -> evaluate -> baseline -> compare -> register.
 
 It runs the same task code as the DVC stages, in its own working directory
 (``runs/<flow run name>`` by default) so that flow runs never disturb the DVC workspace.
@@ -13,6 +13,7 @@ from prefect import flow, runtime
 
 from classiflow.config import load_params
 from classiflow.layout import project_root
+from tasks.baseline import baseline, compare
 from tasks.data import download, prepare
 from tasks.evaluate import evaluate
 from tasks.registry import register
@@ -37,6 +38,8 @@ def train_flow(
     meta = prepare(root, params, pipeline)
     summary = train(root, params, pipeline)
     metrics = evaluate(root, params, pipeline)
+    classical = baseline(root, params, pipeline)
+    compare(root, params, pipeline)
     registration = register(root, params, pipeline)
     return {
         "pipeline_run_id": pipeline,
@@ -44,6 +47,7 @@ def train_flow(
         "data_hash": meta["data_hash"],
         "best_val_accuracy": summary["best_val_accuracy"],
         "test_accuracy": metrics["accuracy"],
+        "baseline_test_accuracy": classical["accuracy"],
         **registration,
     }
 

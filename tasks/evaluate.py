@@ -16,7 +16,7 @@ HEADLINE = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "test_los
 @task(name="evaluate")
 def evaluate(root: str, params: Params, pipeline_run_id: str | None = None) -> dict:
     layout = Layout.at(root)
-    with stage_run("evaluate", layout, params, pipeline_run_id) as pipeline:
+    with stage_run("evaluate", layout, params, pipeline_run_id, kind="deep") as pipeline:
         metrics = evaluate_stage.run(layout, params)
         headline = {f"test_{k}" if not k.startswith("test_") else k: metrics[k] for k in HEADLINE}
         per_class = {

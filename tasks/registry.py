@@ -49,7 +49,7 @@ def register(root: str, params: Params, pipeline_run_id: str | None = None) -> d
         "std": ckpt["std"],
         "classes": ckpt["classes"],
     }
-    with stage_run("register", layout, params, pipeline_run_id) as pipeline:
+    with stage_run("register", layout, params, pipeline_run_id, kind="deep") as pipeline:
         mlflow.log_params({"register.model_name": name, "register.alias": params.registry.alias})
         info = mlflow.pytorch.log_model(
             model,
@@ -113,7 +113,7 @@ def promote(params: Params, name: str, version: str | None = None, force: bool =
             raise ClassiflowError(f"{name} has no version {version}") from None
     champion = _by_alias(client, name, CHAMPION)
     if champion is not None and champion.version == candidate.version:
-        return Decision(False, f"version {candidate.version} is already the champion"), candidate.version
+        return Decision(True, "it already is the champion; nothing changed"), candidate.version
     decision = decide(_accuracy(candidate), _accuracy(champion) if champion else None, force)
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, candidate.version)

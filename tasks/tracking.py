@@ -2,10 +2,10 @@
 
 A pipeline run is an MLflow parent run with every parameter; each stage is a nested run.
 The Prefect flow opens the parent itself. Under DVC every stage is its own process, so a
-stage joins the parent recorded by its upstream stage (``records/<stage>.json``) when that
-parent has no finished run of this stage yet and was made with the same parameters;
+stage joins the parent recorded by its newest upstream stage (``records/<stage>.json``) when
+that parent has no finished run of this stage yet and was made with the same parameters;
 otherwise the stage starts a new pipeline run. Changing ``train.epochs`` therefore gives a
-new row in the UI that holds train, evaluate and register, with the data stages' params.
+new row in the UI that holds train, evaluate, compare and register, with every parameter.
 """
 
 from __future__ import annotations
@@ -25,7 +25,15 @@ from classiflow.config import Params
 from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout, project_root
 
-UPSTREAM = {"download": None, "prepare": "download", "train": "prepare", "evaluate": "train", "register": "evaluate"}
+UPSTREAM = {
+    "download": (),
+    "prepare": ("download",),
+    "train": ("prepare",),
+    "evaluate": ("train",),
+    "register": ("evaluate",),
+    "baseline": ("prepare",),
+    "compare": ("evaluate", "baseline"),
+}
 STAGE_TAG = "classiflow.stage"
 PIPELINE_TAG = "classiflow.pipeline"
 
@@ -87,15 +95,14 @@ def _same_params(run: mlflow.entities.Run, params: Params) -> bool:
 
 
 def _joinable_parent(client: MlflowClient, exp_id: str, layout: Layout, stage: str, params: Params) -> str | None:
-    upstream = UPSTREAM[stage]
-    record_path = layout.record(upstream) if upstream else None
-    if record_path is None or not record_path.exists():
+    """The newest upstream stage's pipeline run, if this stage may still join it."""
+    records = [read_json(p) for p in (layout.record(s) for s in UPSTREAM[stage]) if p.exists()]
+    records = [r for r in records if r.get("tracking_uri") == tracking_uri() and r.get("pipeline_run_id")]
+    if not records:
         return None
-    record = read_json(record_path)
-    if record.get("tracking_uri") != tracking_uri() or not record.get("pipeline_run_id"):
-        return None
+    newest = max(records, key=lambda r: r.get("finished_at", ""))
     try:
-        parent = client.get_run(record["pipeline_run_id"])
+        parent = client.get_run(newest["pipeline_run_id"])
     except mlflow.exceptions.MlflowException:
         return None
     if parent.info.lifecycle_stage != "active" or not _same_params(parent, params):
@@ -124,15 +131,20 @@ def start_pipeline_run(exp_id: str, params: Params, entry: str, name: str | None
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, layout: Layout, params: Params, parent_run_id: str | None = None) -> Iterator[str]:
-    """Open the stage's nested run (yielding the pipeline run id) and leave its record behind."""
+def stage_run(
+    stage: str, layout: Layout, params: Params, parent_run_id: str | None = None, kind: str | None = None
+) -> Iterator[str]:
+    """Open the stage's nested run (yielding the pipeline run id) and leave its record behind.
+
+    ``kind`` (``deep`` or ``classical``) tags model runs so the UI can tell CNNs from the baseline.
+    """
     exp_id = setup(params)
     client = MlflowClient()
     if parent_run_id is None:
         parent_run_id = _joinable_parent(client, exp_id, layout, stage, params) or start_pipeline_run(
             exp_id, params, entry="dvc"
         )
-    tags = {STAGE_TAG: stage, "git_commit": git_commit()}
+    tags = {STAGE_TAG: stage, "git_commit": git_commit()} | ({"classiflow.kind": kind} if kind else {})
     with mlflow.start_run(run_id=parent_run_id):
         with mlflow.start_run(run_name=stage, nested=True, tags=tags, experiment_id=exp_id) as run:
             yield parent_run_id
@@ -144,7 +156,7 @@ def stage_run(stage: str, layout: Layout, params: Params, parent_run_id: str | N
             "pipeline_run_id": parent_run_id,
             "experiment_id": exp_id,
             "tracking_uri": tracking_uri(),
-            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
         },
     )
 

@@ -29,7 +29,7 @@ def train(root: str, params: Params, pipeline_run_id: str | None = None) -> dict
             stats["images_per_second"],
         )
 
-    with stage_run("train", layout, params, pipeline_run_id) as pipeline:
+    with stage_run("train", layout, params, pipeline_run_id, kind="deep") as pipeline:
         mlflow.log_params({k: v for k, v in params.flat().items() if k.startswith(("model.", "train."))})
         summary = train_stage.run(layout, params, on_epoch_end)
         final = {k: v for k, v in summary.items() if isinstance(v, (int, float))}

@@ -35,8 +35,12 @@ def make_project(tmp: Path, **param_updates) -> Path:
     params = yaml.safe_load((proj / "params.yaml").read_text())
     params["data"].update(source=str(archive), sha256=sha256_file(archive), image_size=16, val_fraction=0.2)
     params["train"].update(epochs=2, batch_size=16, lr=0.01, device="cpu")
+    params["baseline"] = {"codebook_size": 32, "codebook_sample": 2000}
     for dotted, value in param_updates.items():
         section, key = dotted.split("__")
         params[section][key] = value
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "add", "-A"], cwd=proj, check=True)
+    identity = ["-c", "user.name=classiflow tests", "-c", "user.email=tests@classiflow.invalid"]
+    subprocess.run(["git", *identity, "commit", "-qm", "project"], cwd=proj, check=True)
     return proj

@@ -59,4 +59,4 @@ def test_champion_alias_is_reserved_for_promote():
 
 def test_flat_has_every_section():
     sections = {k.split(".")[0] for k in Params().flat()}
-    assert sections == {"data", "model", "train", "evaluate", "register", "tracking"}
+    assert sections == {"data", "model", "train", "evaluate", "register", "baseline", "tracking"}

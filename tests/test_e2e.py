@@ -24,8 +24,9 @@ def _env() -> dict:
     return env
 
 
-def _repro(proj: Path) -> str:
-    done = subprocess.run(["dvc", "repro"], cwd=proj, env=_env(), capture_output=True, text=True, timeout=900)
+def _repro(proj: Path, *command: str) -> str:
+    command = command or ("dvc", "repro")
+    done = subprocess.run(command, cwd=proj, env=_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout + done.stderr
 
@@ -33,8 +34,8 @@ def _repro(proj: Path) -> str:
 def _client(proj: Path):
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{proj / 'mlflow.db'}")
-    return mlflow.MlflowClient()
+    uri = f"sqlite:///{proj / 'mlflow.db'}"
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _runs(client, parent_id: str) -> dict[str, str]:
@@ -53,8 +54,11 @@ def first_repro(project) -> str:
     return _repro(project)
 
 
+STAGES = ("download", "prepare", "train", "evaluate", "register", "baseline", "compare")
+
+
 def test_dvc_repro_runs_every_stage_and_registers_a_challenger(project, first_repro):
-    for stage in ("download", "prepare", "train", "evaluate", "register"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in first_repro
     meta = json.loads((project / "data/prepared/meta.json").read_text())
     grid = list(csv.reader(open(project / "reports/confusion_matrix.csv")))
@@ -72,9 +76,23 @@ def test_dvc_repro_runs_every_stage_and_registers_a_challenger(project, first_re
     parent = client.get_run(record["pipeline_run_id"])
     assert parent.data.params["train.epochs"] == "2"
     assert parent.data.metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
-    assert _runs(client, parent.info.run_id) == {
-        s: "FINISHED" for s in ("download", "prepare", "train", "evaluate", "register")
-    }
+    assert _runs(client, parent.info.run_id) == {s: "FINISHED" for s in STAGES}
+
+
+def test_baseline_and_comparison_sit_beside_the_cnn(project, first_repro):
+    baseline = json.loads((project / "metrics/baseline.json").read_text())
+    assert baseline["test_size"] == 24 and 0.0 <= baseline["accuracy"] <= 1.0
+    grid = list(csv.reader(open(project / "reports/baseline/confusion_matrix.csv")))
+    assert sum(int(v) for row in grid[1:] for v in row[1:]) == 24
+    table = (project / "reports/comparison.md").read_text()
+    assert "| simplecnn | deep |" in table and "| classical |" in table
+    shown = subprocess.run(["dvc", "metrics", "show"], cwd=project, env=_env(), capture_output=True, text=True)
+    assert "metrics/baseline.json" in shown.stdout and "metrics/evaluate.json" in shown.stdout
+    client = _client(project)
+    record = json.loads((project / "records/baseline.json").read_text())
+    assert client.get_run(record["run_id"]).data.tags["classiflow.kind"] == "classical"
+    train_record = json.loads((project / "records/train.json").read_text())
+    assert client.get_run(train_record["run_id"]).data.tags["classiflow.kind"] == "deep"
 
 
 def test_second_repro_runs_nothing(project, first_repro):
@@ -83,18 +101,17 @@ def test_second_repro_runs_nothing(project, first_repro):
 
 
 def test_changing_epochs_reruns_train_and_after_only(project, first_repro):
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"]["epochs"] = 1
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = _repro(project)
-    assert "Running stage 'download'" not in out and "Running stage 'prepare'" not in out
-    for stage in ("train", "evaluate", "register"):
+    out = _repro(project, "dvc", "exp", "run", "-S", "train.epochs=1")
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 1
+    for stage in ("download", "prepare", "baseline"):
+        assert f"Running stage '{stage}'" not in out
+    for stage in ("train", "evaluate", "register", "compare"):
         assert f"Running stage '{stage}'" in out
     client = _client(project)
     record = json.loads((project / "records/register.json").read_text())
     parent = client.get_run(record["pipeline_run_id"])
     assert parent.data.params["train.epochs"] == "1"
-    assert _runs(client, parent.info.run_id) == {s: "FINISHED" for s in ("train", "evaluate", "register")}
+    assert _runs(client, parent.info.run_id) == {s: "FINISHED" for s in ("train", "evaluate", "register", "compare")}
     assert str(client.get_model_version_by_alias("classiflow-shapes", "challenger").version) == "2"
 
 
@@ -114,11 +131,12 @@ def test_promote_moves_champion_only_when_not_worse(project, first_repro):
     assert (second.returncode == 0) == (v2 >= v1), second.stdout
     expected = "2" if v2 >= v1 else "1"
     assert str(client.get_model_version_by_alias("classiflow-shapes", "champion").version) == expected
-    forced = promote("--version", "1", "--force")
-    assert (
-        forced.returncode == 0
-        and str(client.get_model_version_by_alias("classiflow-shapes", "champion").version) == "1"
-    )
+    other = "1" if expected == "2" else "2"
+    forced = promote("--version", other, "--force")
+    assert forced.returncode == 0 and "forced" in forced.stdout
+    assert str(client.get_model_version_by_alias("classiflow-shapes", "champion").version) == other
+    again = promote("--version", other)
+    assert again.returncode == 0 and "already is the champion" in again.stdout
 
 
 def test_prefect_flow_runs_the_same_tasks(project, first_repro, tmp_path, monkeypatch):
@@ -136,8 +154,6 @@ def test_prefect_flow_runs_the_same_tasks(project, first_repro, tmp_path, monkey
     client = _client(project)
     parent = client.get_run(result["pipeline_run_id"])
     assert parent.data.tags["classiflow.entry"] == "prefect"
-    assert _runs(client, result["pipeline_run_id"]) == {
-        s: "FINISHED" for s in ("download", "prepare", "train", "evaluate", "register")
-    }
+    assert _runs(client, result["pipeline_run_id"]) == {s: "FINISHED" for s in STAGES}
     assert str(client.get_model_version_by_alias("classiflow-shapes", "challenger").version) == result["version"]
     assert (tmp_path / "flowrun/reports/confusion_matrix.png").exists()

@@ -11,14 +11,7 @@ from classiflow.checkpoint import load_checkpoint
 from classiflow.config import Params
 from classiflow.data.prepared import load_prepared
 from classiflow.errors import ClassiflowError
-from classiflow.evaluation import (
-    classification_metrics,
-    confusion,
-    plot_confusion,
-    write_confusion_csv,
-    write_per_class_csv,
-    write_predictions_csv,
-)
+from classiflow.evaluation import score_and_report
 from classiflow.layout import Layout
 from classiflow.tensors import Normalizer, predict_logits, to_nchw
 from classiflow.training import select_device
@@ -41,15 +34,11 @@ def run(layout: Layout, params: Params) -> dict:
     seconds = time.perf_counter() - start
     y_true, y_pred = data.labels["test"], logits.argmax(1).numpy()
     classes = ckpt["classes"]
-    metrics = classification_metrics(y_true, y_pred, classes)
+    metrics, matrix = score_and_report(
+        layout, y_true, y_pred, classes, f"{ckpt['model']['name']} on {data.meta['dataset']}"
+    )
     metrics["inference_ms_per_image"] = 1000.0 * seconds / max(len(y_true), 1)
     metrics["model_bytes"] = layout.model.stat().st_size
-    matrix = confusion(y_true, y_pred, len(classes))
-    write_predictions_csv(layout.predictions, y_true, y_pred, classes)
-    write_confusion_csv(layout.confusion_matrix_csv, matrix, classes)
-    write_per_class_csv(layout.per_class, metrics)
-    title = f"{ckpt['model']['name']} on {data.meta['dataset']}: test accuracy {metrics['accuracy']:.2%}"
-    plot_confusion(layout.confusion_matrix_png, matrix, classes, title)
     metrics["test_loss"] = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y_true)))
     write_json(layout.eval_metrics, metrics)
     return {**metrics, "data_hash": data.data_hash, "confusion_matrix": matrix.tolist()}

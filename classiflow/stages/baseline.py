@@ -1,0 +1,172 @@
+"""Baseline stage: a classical model (SIFT bag of words or HOG, then an SVM) on the prepared data.
+
+It fits on train + val: its hyperparameters come from ``params.yaml`` and nothing is
+selected on a validation score, so holding val out would only throw images away (for
+CIFAR-10 the two together are the standard 50,000-image training set). The codebook and
+the SVM never see a test image, and every reported score is on the test split.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from classiflow.atomic import write_json
+from classiflow.baseline.features import extract, fit_codebook
+from classiflow.baseline.model import BaselineModel, check_labels, fit_classifier, save_model
+from classiflow.baseline.params import BaselineParams
+from classiflow.data.prepared import PreparedData, load_prepared
+from classiflow.errors import ClassiflowError
+from classiflow.evaluation import score_and_report
+from classiflow.layout import Layout
+
+
+@dataclass(frozen=True)
+class BaselinePaths:
+    root: Path
+
+    @property
+    def model(self) -> Path:
+        return self.root / "models" / "baseline.joblib"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics" / "baseline.json"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports" / "baseline"
+
+    @property
+    def confusion_matrix_csv(self) -> Path:
+        return self.reports / "confusion_matrix.csv"
+
+    @property
+    def confusion_matrix_png(self) -> Path:
+        return self.reports / "confusion_matrix.png"
+
+    @property
+    def per_class(self) -> Path:
+        return self.reports / "per_class.csv"
+
+    @property
+    def predictions(self) -> Path:
+        return self.reports / "predictions.csv"
+
+    def as_dict(self) -> dict[str, str]:
+        names = ("model", "metrics", "confusion_matrix_csv", "confusion_matrix_png", "per_class", "predictions")
+        return {name: str(getattr(self, name)) for name in names}
+
+
+def baseline_paths(layout: Layout) -> BaselinePaths:
+    return BaselinePaths(layout.root)
+
+
+def training_set(data: PreparedData, params: BaselineParams) -> tuple[np.ndarray, np.ndarray]:
+    """Train + val, optionally cut to ``max_train`` images with the class shares kept."""
+    images = np.concatenate([data.images["train"], data.images["val"]])
+    labels = np.concatenate([data.labels["train"], data.labels["val"]])
+    check_labels(labels)
+    if params.max_train is None or params.max_train >= len(labels):
+        return images, labels
+    try:
+        keep, _ = train_test_split(
+            np.arange(len(labels)), train_size=params.max_train, stratify=labels, random_state=params.seed
+        )
+    except ValueError:
+        raise ClassiflowError(
+            f"baseline.max_train {params.max_train}: no stratified sample of that size from {len(labels)} "
+            f"images in {len(np.unique(labels))} classes; change it or set it to null"
+        ) from None
+    keep = np.sort(keep)
+    return images[keep], labels[keep]
+
+
+def run(layout: Layout, params: BaselineParams, cache_dir: str | Path | None = None) -> dict:
+    """Fit, score on the test split, write the model and reports; return metrics and paths.
+
+    ``cache_dir`` holds extracted features between runs (None: no cache).
+    """
+    paths = baseline_paths(layout)
+    data = load_prepared(layout.prepared, ("train", "val", "test"))
+    x_train, y_train = training_set(data, params)
+    x_test, y_test = data.images["test"], data.labels["test"]
+    classes = data.classes
+
+    codebook, codebook_seconds = fit_codebook(x_train, params, cache_dir)
+    train_feats = extract(x_train, params, codebook, cache_dir, "train features")
+    test_feats = extract(x_test, params, codebook, cache_dir, "test features")
+
+    started = time.perf_counter()
+    pipeline = fit_classifier(train_feats.matrix, y_train, params)
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    y_pred = pipeline.predict(test_feats.matrix)
+    predict_seconds = time.perf_counter() - started
+
+    model = BaselineModel(
+        params=params,
+        classes=list(classes),
+        codebook=codebook,
+        pipeline=pipeline,
+        image_shape=tuple(int(s) for s in x_train.shape[1:]),
+        data_hash=data.data_hash,
+        info={"train_size": int(len(y_train)), "dataset": data.meta.get("dataset")},
+    )
+    model_bytes = save_model(paths.model, model)
+
+    title = f"{model_name(params)} on {data.meta.get('dataset', 'data')}"
+    metrics, matrix = score_and_report(paths, y_test, y_pred, classes, title)
+
+    n_test = max(1, len(y_test))
+    feature_seconds = codebook_seconds + train_feats.seconds + test_feats.seconds
+    metrics.update(
+        {
+            "features": params.features,
+            "classifier": params.classifier,
+            "train_size": int(len(y_train)),
+            "feature_dim": int(train_feats.matrix.shape[1]),
+            "feature_seconds": round(feature_seconds, 3),
+            "codebook_seconds": round(codebook_seconds, 3),
+            "features_cached": bool(train_feats.cached and test_feats.cached),
+            "fit_seconds": round(fit_seconds, 3),
+            "train_seconds": round(codebook_seconds + train_feats.seconds + fit_seconds, 3),
+            "predict_ms_per_image": round(1000 * predict_seconds / n_test, 4),
+            "inference_ms_per_image": round(1000 * (test_feats.seconds + predict_seconds) / n_test, 4),
+            "model_bytes": int(model_bytes),
+            "zero_histogram_images": train_feats.zero_count + test_feats.zero_count,
+            "zero_histogram_test_images": test_feats.zero_count,
+        }
+    )
+    write_json(paths.metrics, metrics)
+    return {
+        **metrics,
+        "data_hash": data.data_hash,
+        "confusion_matrix": matrix.tolist(),
+        "paths": paths.as_dict(),
+        "params": params.model_dump(),
+        "comparison_row": comparison_row(model_name(params), metrics),
+    }
+
+
+def model_name(params: BaselineParams) -> str:
+    features = {"dense_sift": "dense SIFT BoVW", "sift": "SIFT BoVW", "hog": "HOG"}[params.features]
+    svm = "linear SVM" if params.classifier == "linear_svc" else "RBF SVM"
+    return f"{features} + {'PCA + ' if params.pca else ''}{svm}"
+
+
+def comparison_row(name: str, metrics: dict) -> dict:
+    """The baseline's row for :func:`classiflow.baseline.compare.write_comparison`."""
+    return {
+        "model": name,
+        "kind": "classical",
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "train_seconds": metrics["train_seconds"],
+        "inference_ms_per_image": metrics["inference_ms_per_image"],
+        "size_bytes": metrics["model_bytes"],
+    }
