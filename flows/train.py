@@ -17,7 +17,7 @@ from tasks.baseline import baseline, compare
 from tasks.data import download, prepare
 from tasks.evaluate import evaluate
 from tasks.registry import register
-from tasks.tracking import log_to_pipeline, setup, start_pipeline_run
+from tasks.tracking import log_to_pipeline, mark_failed, setup, start_pipeline_run
 from tasks.train import train
 
 
@@ -34,13 +34,17 @@ def train_flow(
     experiment = setup(params)
     pipeline = start_pipeline_run(experiment, params, entry="prefect", name=f"{params.model.name}-{run_name}")
     log_to_pipeline(pipeline, tags={"prefect_flow_run_id": runtime.flow_run.id or "", "workdir": root})
-    download(root, params, pipeline)
-    meta = prepare(root, params, pipeline)
-    summary = train(root, params, pipeline)
-    metrics = evaluate(root, params, pipeline)
-    classical = baseline(root, params, pipeline)
-    compare(root, params, pipeline)
-    registration = register(root, params, pipeline)
+    try:
+        download(root, params, pipeline)
+        meta = prepare(root, params, pipeline)
+        summary = train(root, params, pipeline)
+        metrics = evaluate(root, params, pipeline)
+        classical = baseline(root, params, pipeline)
+        compare(root, params, pipeline)
+        registration = register(root, params, pipeline)
+    except BaseException:
+        mark_failed(pipeline)
+        raise
     return {
         "pipeline_run_id": pipeline,
         "workdir": root,

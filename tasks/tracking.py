@@ -130,6 +130,11 @@ def start_pipeline_run(exp_id: str, params: Params, entry: str, name: str | None
     return run.info.run_id
 
 
+def mark_failed(pipeline_run_id: str) -> None:
+    """A flow that stops half-way shows as a FAILED pipeline run, not a finished one."""
+    MlflowClient().set_terminated(pipeline_run_id, "FAILED")
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str, layout: Layout, params: Params, parent_run_id: str | None = None, kind: str | None = None
