@@ -110,3 +110,27 @@ def test_unavailable_device_is_refused():
     with pytest.raises(ClassiflowError, match="not available"):
         select_device("cuda")
     assert select_device("auto").type in {"cpu", "mps"}
+
+
+def test_train_stage_is_reproducible_whatever_the_global_rng(tmp_path):
+    import shutil
+
+    from classiflow.config import DataParams, Params
+    from classiflow.data.download import download
+    from classiflow.data.prepare import prepare
+    from classiflow.layout import Layout
+    from classiflow.stages import train as train_stage
+    from tests.imagegen import write_image_folder
+
+    folder = write_image_folder(tmp_path / "shapes", per_class=12, size=16)
+    a, b = Layout.at(tmp_path / "a"), Layout.at(tmp_path / "b")
+    download(str(folder), a.raw)
+    prepare(a.raw, a.prepared, DataParams(image_size=16, val_fraction=0.2))
+    shutil.copytree(a.prepared, b.prepared)
+    params = Params.model_validate({"train": {"epochs": 1, "batch_size": 8, "device": "cpu"}})
+    torch.manual_seed(1)
+    train_stage.run(a, params)
+    torch.manual_seed(2)
+    train_stage.run(b, params)
+    wa, wb = (torch.load(x.model, weights_only=True)["state_dict"] for x in (a, b))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

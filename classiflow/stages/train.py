@@ -10,7 +10,7 @@ from classiflow.config import Params
 from classiflow.data.prepared import load_prepared
 from classiflow.layout import Layout
 from classiflow.models import build_model
-from classiflow.training import fit
+from classiflow.training import fit, seed_everything
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_second")
 
@@ -18,6 +18,7 @@ HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accu
 def run(layout: Layout, params: Params, on_epoch_end: Callable[[dict], None] | None = None) -> dict:
     data = load_prepared(layout.prepared, ("train", "val"))
     spec = model_spec(params.model.name, data.meta)
+    seed_everything(params.train.seed)  # the initial weights too, not only the batch order
     model = build_model(**spec)
     result = fit(model, data, params.train, on_epoch_end)
     save_checkpoint(
