@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -153,9 +152,5 @@ def run(
     Console().print_json(json.dumps(result))
 
 
-def main() -> None:  # pragma: no cover - console entry point convenience
-    app(prog_name="classiflow")
-
-
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    app(prog_name="classiflow")

@@ -15,7 +15,7 @@ from prefect import task
 from classiflow.atomic import read_json, write_json
 from classiflow.checkpoint import load_checkpoint
 from classiflow.config import Params
-from classiflow.data.prepared import load_meta, load_prepared
+from classiflow.data.prepared import load_prepared
 from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
 from classiflow.promotion import Decision, decide
@@ -34,10 +34,10 @@ def register(root: str, params: Params, pipeline_run_id: str | None = None) -> d
     layout = Layout.at(root)
     net, ckpt = load_checkpoint(layout.model)
     metrics = read_json(layout.eval_metrics)
-    meta = load_meta(layout.prepared)
-    name = registered_name(params, meta["dataset"])
+    data = load_prepared(layout.prepared, ("test",))
+    name = registered_name(params, data.meta["dataset"])
     model = WithPreprocessing(net, ckpt["mean"], ckpt["std"]).eval()
-    test = load_prepared(layout.prepared, ("test",)).images["test"][:4]
+    test = data.images["test"][:4]
     example = np.ascontiguousarray(test.transpose(0, 3, 1, 2)).astype(np.float32)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
