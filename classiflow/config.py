@@ -36,24 +36,53 @@ class DataParams(_Section):
 
 class ModelParams(_Section):
     name: str = "simplecnn"
+    attention: Literal["none", "cbam"] = "none"
+    cbam_reduction: int = Field(16, ge=1)
+    width: int | None = Field(None, ge=1)  # base width; null keeps the architecture's own
+
+
+class AugmentParams(_Section):
+    policy: Literal["custom", "none"] = "custom"  # none switches every transform off
+    flip: bool = True  # horizontal, p=0.5 (batched)
+    translate: int = Field(4, ge=0)  # pad-and-random-crop by up to N pixels (batched)
+    rotation: float = Field(0.0, ge=0.0, le=180.0)  # degrees; the article uses 15
+    color_jitter: float = Field(0.0, ge=0.0, le=1.0)  # brightness/contrast/saturation strength
+    auto: Literal["none", "trivial", "randaugment"] = "none"
+    erasing: float = Field(0.0, ge=0.0, le=1.0)  # probability of random erasing (cutout)
+    mix: Literal["none", "mixup", "cutmix"] = "none"
+    mix_alpha: float = Field(1.0, gt=0.0)
+    copies: int = Field(0, ge=0)  # >0: materialise N augmented copies of the train split on disk
+    preview: int = Field(32, ge=1, le=256)  # images in the preview grid
+    seed: int = 42
 
 
 class TrainParams(_Section):
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.001, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0.0)
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
-    scheduler: Literal["none", "step"] = "step"
-    step_size: int = Field(5, ge=1)
+    scheduler: Literal["none", "step", "cosine", "onecycle"] = "step"
+    step_size: int = Field(5, ge=1)  # step: epochs between decays
     gamma: float = Field(0.1, gt=0.0, le=1.0)
+    warmup_epochs: float = Field(0.0, ge=0.0)  # cosine: linear warm-up; onecycle: rise (fraction if < 1)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    grad_clip: float | None = Field(None, gt=0.0)  # max global gradient norm
+    ema: float | None = Field(None, gt=0.0, lt=1.0)  # decay of an exponential moving average of weights
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast (fp16 on CUDA only)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+    early_stopping: int | None = Field(None, ge=1)  # stop after N epochs without a better val accuracy
+    resume: bool = True  # continue from models/last.pt when it matches these params and data
     seed: int = 42
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
 
 class EvaluateParams(_Section):
     batch_size: int = Field(512, ge=1)
+    tta: bool = False  # average the logits of each image and its horizontal mirror
 
 
 class RegisterParams(_Section):
@@ -75,6 +104,7 @@ class TrackingParams(_Section):
 class Params(_Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
+    augment: AugmentParams = AugmentParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     registry: RegisterParams = Field(RegisterParams(), alias="register")

@@ -23,6 +23,24 @@ class Layout:
         return self.root / "data" / "prepared"
 
     @property
+    def augmented(self) -> Path:
+        """The augment stage's output: the resolved policy and any materialised copies."""
+        return self.root / "data" / "augmented"
+
+    @property
+    def augment_policy(self) -> Path:
+        return self.augmented / "policy.json"
+
+    @property
+    def augment_preview(self) -> Path:
+        return self.root / "reports" / "augment_preview.png"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        """The train stage's per-epoch resume point; not a pipeline output."""
+        return self.root / "models" / "last.pt"
+
+    @property
     def model(self) -> Path:
         return self.root / "models" / "model.pt"
 
