@@ -12,18 +12,24 @@ import torch
 from torch import nn
 
 from classiflow.atomic import atomic_path
+from classiflow.config import ModelParams
 from classiflow.errors import ClassiflowError
 from classiflow.models import build_model
 
 FORMAT = 1
 
 
-def model_spec(name: str, meta: dict) -> dict[str, Any]:
+def model_spec(model: ModelParams | str, meta: dict) -> dict[str, Any]:
+    """The keyword arguments of :func:`build_model`: the params' architecture, the data's shape."""
+    model = ModelParams(name=model) if isinstance(model, str) else model
     return {
-        "name": name,
+        "name": model.name,
         "in_channels": int(meta["channels"]),
         "num_classes": len(meta["classes"]),
         "image_size": int(meta["image_size"]),
+        "attention": model.attention,
+        "cbam_reduction": model.cbam_reduction,
+        "width": model.width,
     }
 
 
@@ -53,7 +59,7 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ClassiflowError(f"{path}: not a classiflow checkpoint (format {FORMAT} expected)")
     spec = payload["model"]
-    model = build_model(spec["name"], spec["in_channels"], spec["num_classes"], spec["image_size"])
+    model = build_model(**spec)
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, payload

@@ -30,7 +30,7 @@ def run(layout: Layout, params: Params) -> dict:
     normalizer = Normalizer(ckpt["mean"], ckpt["std"]).to(device)
     images = to_nchw(data.images["test"])
     start = time.perf_counter()
-    logits = predict_logits(model, images, normalizer, device, params.evaluate.batch_size)
+    logits = predict_logits(model, images, normalizer, device, params.evaluate.batch_size, params.evaluate.tta)
     seconds = time.perf_counter() - start
     y_true, y_pred = data.labels["test"], logits.argmax(1).numpy()
     classes = ckpt["classes"]

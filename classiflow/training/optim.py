@@ -1,0 +1,76 @@
+"""Optimiser, learning-rate schedule and weight averaging, built from ``train`` params.
+
+Schedules are stepped once per batch so that cosine warm-up and OneCycle are smooth; StepLR
+keeps the article's per-epoch meaning by counting whole epochs of steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from classiflow.config import TrainParams
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weights only: decaying norm gains and biases hurts accuracy (as timm and
+    torchvision's references do by default)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def make_optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.Adam(groups, lr=cfg.lr)
+
+
+def lr_factor(cfg: TrainParams, steps_per_epoch: int):
+    """Multiplier of ``train.lr`` at a given optimiser step (for step, cosine and none)."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if cfg.scheduler == "step":
+            return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+        if cfg.scheduler == "cosine":
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainParams, steps_per_epoch: int):
+    if cfg.scheduler == "onecycle":
+        rise = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs >= 1 else (cfg.warmup_epochs or 0.3)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=cfg.lr,
+            total_steps=cfg.epochs * steps_per_epoch,
+            pct_start=min(max(rise, 0.01), 0.99),
+            cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0,
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+
+
+def make_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of the weights (and batch-norm buffers), evaluated instead
+    of the raw weights when enabled."""
+    if decay is None:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
