@@ -1,0 +1,67 @@
+"""Materialised augmented copies of the train split: file names, per-copy seeds, and loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from classiflow.atomic import read_json
+from classiflow.errors import ClassiflowError
+
+POLICY_FILE = "policy.json"
+
+
+def copy_files(k: int) -> tuple[str, str]:
+    return f"train_copy{k}_images.npy", f"train_copy{k}_labels.npy"
+
+
+def copy_seed(seed: int, k: int) -> int:
+    """The generator seed of copy ``k``: independent streams for each (augment.seed, k)."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32 & 0xFFFFFFFF, k]).generate_state(1, np.uint64)[0])
+
+
+def load_copies(
+    augmented_dir: str | Path, *, data_hash: str | None = None, mmap: bool = False
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The augment stage's copies as ``[(images N,H,W,C uint8, labels N int64), ...]`` (empty if copies: 0).
+
+    ``data_hash``, when given, must match the prepared data the copies were made from;
+    ``mmap`` maps the image arrays instead of reading them into memory.
+    """
+    augmented_dir = Path(augmented_dir)
+    policy_path = augmented_dir / POLICY_FILE
+    if not policy_path.exists():
+        raise ClassiflowError(f"{augmented_dir}: no {POLICY_FILE}; run the augment stage first")
+    try:
+        policy = read_json(policy_path)
+        n_copies, n_images = int(policy["copies"]), int(policy["train_images"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ClassiflowError(f"{policy_path}: unreadable ({err}); rerun the augment stage") from None
+    if data_hash is not None and policy.get("data_hash") != data_hash:
+        raise ClassiflowError(
+            f"{augmented_dir} was made from other prepared data (hash {str(policy.get('data_hash'))[:12]}, "
+            f"prepared data is {data_hash[:12]}); rerun the augment stage"
+        )
+    out, shape = [], None
+    for k in range(n_copies):
+        image_file, label_file = copy_files(k)
+        try:
+            images = np.load(augmented_dir / image_file, mmap_mode="r" if mmap else None, allow_pickle=False)
+            labels = np.load(augmented_dir / label_file, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ClassiflowError(f"{augmented_dir}: copy {k} unreadable ({err}); rerun the augment stage") from None
+        shape = shape or images.shape
+        if (
+            images.dtype != np.uint8
+            or images.ndim != 4
+            or images.shape != shape
+            or len(images) != n_images
+            or labels.shape != (n_images,)
+        ):
+            raise ClassiflowError(
+                f"{augmented_dir}: copy {k} has images {images.dtype} {images.shape} and labels {labels.shape}, "
+                f"expected {n_images} uint8 N,H,W,C images and labels; rerun the augment stage"
+            )
+        out.append((images, labels))
+    return out

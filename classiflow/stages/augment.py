@@ -1,0 +1,119 @@
+"""Augment stage: resolve the augmentation policy, preview it, and optionally materialise copies.
+
+Writes ``data/augmented`` as a whole (``policy.json`` plus, when ``augment.copies`` > 0,
+``train_copy{k}_images.npy`` / ``train_copy{k}_labels.npy``) through a temporary directory,
+so a later stage never sees a half-written one, and ``reports/augment_preview.png``.
+MixUp/CutMix are never materialised: they mix pairs of a shuffled training batch, so the
+training loop applies them on each normalised batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+import time
+
+import numpy as np
+import torch
+
+from classiflow.atomic import atomic_dir, write_json
+from classiflow.augment.batch import BatchAugment, build_augment
+from classiflow.augment.copies import POLICY_FILE, copy_files, copy_seed
+from classiflow.augment.preview import write_preview
+from classiflow.config import Params
+from classiflow.data.prepared import load_prepared
+from classiflow.layout import Layout
+from classiflow.progress import task_progress
+from classiflow.tensors import to_nchw
+
+log = logging.getLogger("classiflow.augment")
+FORMAT_VERSION = 1
+BATCH = 512  # copies are augmented in batches of this size (part of what a seed reproduces)
+THROUGHPUT_IMAGES = 4096
+
+
+def measure_throughput(augment: BatchAugment, x: torch.Tensor, seed: int, limit: int = THROUGHPUT_IMAGES) -> float:
+    """Images per second of ``augment.images`` on up to ``limit`` images of ``x``, in batches of :data:`BATCH`."""
+    x = x[:limit]
+    if len(x) == 0:
+        return 0.0
+    generator = torch.Generator().manual_seed(seed)
+    augment.images(x[: min(len(x), 64)], generator)  # warm-up: first-call allocations, lazy imports
+    start = time.perf_counter()
+    for s in range(0, len(x), BATCH):
+        augment.images(x[s : s + BATCH], generator)
+    return len(x) / max(time.perf_counter() - start, 1e-9)
+
+
+def _augment_copy(augment: BatchAugment, x: torch.Tensor, seed: int, out: np.ndarray, advance) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for s in range(0, len(x), BATCH):
+        batch = augment.images(x[s : s + BATCH], generator)
+        out[s : s + len(batch)] = batch.permute(0, 2, 3, 1).numpy()
+        advance(len(batch))
+
+
+def run(layout: Layout, params: Params) -> dict:
+    cfg = params.augment
+    data = load_prepared(layout.prepared, ("train",))
+    images, labels = data.images["train"], data.labels["train"]
+    augment = build_augment(cfg, len(data.classes), channels=data.channels, image_size=data.image_size)
+    transforms = augment.describe()
+    x = to_nchw(images)
+    n = len(labels)
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    idx = torch.randperm(n, generator=generator)[: cfg.preview].sort().values
+    shown = augment.images(x[idx], generator).permute(0, 2, 3, 1).numpy()
+    title = f"{data.meta.get('dataset', 'train split')}: " + ("; ".join(transforms) or "no augmentation")
+    if augment.has_mix:
+        title += " (mix not shown: it applies to normalised training batches)"
+    write_preview(layout.augment_preview, shown, labels[idx.numpy()], data.classes, textwrap.fill(title, 110))
+
+    images_per_second = measure_throughput(augment, x, cfg.seed)
+    if cfg.copies and not augment.has_image_ops:
+        log.warning("augment.copies=%d with no image transform: the copies equal the train split", cfg.copies)
+
+    seeds = [copy_seed(cfg.seed, k) for k in range(cfg.copies)]
+    policy = {
+        "format_version": FORMAT_VERSION,
+        "params": cfg.model_dump(),
+        "transforms": transforms,
+        "mix": {
+            "kind": augment.mix_kind,
+            "alpha": augment.mix_alpha if augment.has_mix else None,
+            "materialised": False,
+            "note": "MixUp/CutMix are applied by the training loop to each normalised batch, never to the copies",
+        },
+        "dataset": data.meta.get("dataset"),
+        "data_hash": data.data_hash,
+        "train_images": n,
+        "image_size": data.image_size,
+        "channels": data.channels,
+        "copies": cfg.copies,
+        "copy_files": [list(copy_files(k)) for k in range(cfg.copies)],
+        "copy_seeds": seeds,
+        "copy_batch_size": BATCH,
+    }
+    with atomic_dir(layout.augmented) as tmp:
+        if cfg.copies:
+            with task_progress() as progress:
+                task = progress.add_task("augment copies", total=cfg.copies * n, status="")
+                for k, seed in enumerate(seeds):
+                    progress.update(task, status=f"copy {k + 1}/{cfg.copies}")
+                    image_file, label_file = copy_files(k)
+                    out = np.lib.format.open_memmap(tmp / image_file, mode="w+", dtype=np.uint8, shape=images.shape)
+                    _augment_copy(augment, x, seed, out, lambda m: progress.advance(task, m))
+                    out.flush()
+                    del out
+                    np.save(tmp / label_file, labels)
+        write_json(tmp / POLICY_FILE, policy)
+    return {
+        "transforms": transforms,
+        "copies": cfg.copies,
+        "preview": str(layout.augment_preview),
+        "policy": str(layout.augment_policy),
+        "images_per_second": images_per_second,
+        "train_images": n,
+        "data_hash": data.data_hash,
+    }
