@@ -24,10 +24,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# make run SET="data.source=path/to/archive.tar.gz train.epochs=2" runs `dvc exp run -S ...`
+# make run SET="data.source=path/to/archive.tar.gz train.epochs=2" runs `dvc exp run -S ...`;
+# make run RECIPE=fast applies a named recipe (recipes/fast.yaml) the same way.
 run: install
-ifdef SET
-	dvc exp run $(foreach s,$(SET),-S '$(s)')
+ifneq ($(SET)$(RECIPE),)
+	dvc exp run $(if $(RECIPE),$$(classiflow recipe $(RECIPE))) $(foreach s,$(SET),-S '$(s)')
 else
 	dvc repro
 endif

@@ -61,7 +61,8 @@ class TrainParams(_Section):
     lr: float = Field(0.001, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)  # on weights only, never on norm gains or biases
+    bias_lr_scale: float = Field(1.0, gt=0.0)  # lr multiplier for norm and bias parameters
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
     scheduler: Literal["none", "step", "cosine", "onecycle"] = "step"

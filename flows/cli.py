@@ -61,10 +61,11 @@ def _stage(name: str):
     return app.command(name)(_user_errors(run))
 
 
-STAGES = ("download", "prepare", "train", "evaluate", "register", "baseline", "compare")
+STAGES = ("download", "prepare", "augment", "train", "evaluate", "register", "baseline", "compare")
 
 
 def _tasks() -> dict[str, Any]:
+    from tasks.augment import augment
     from tasks.baseline import baseline, compare
     from tasks.data import download, prepare
     from tasks.evaluate import evaluate
@@ -74,6 +75,7 @@ def _tasks() -> dict[str, Any]:
     return {
         "download": download,
         "prepare": prepare,
+        "augment": augment,
         "train": train,
         "evaluate": evaluate,
         "register": register,
@@ -123,6 +125,31 @@ def promote(
         raise typer.Exit(3)
 
 
+@app.command()
+@_user_errors
+def recipes() -> None:
+    """List the named training recipes (recipes/*.yaml)."""
+    from rich.table import Table
+
+    from classiflow.recipes import list_recipes
+
+    table = Table("recipe", "description")
+    for name, description in list_recipes().items():
+        table.add_row(name, description)
+    Console().print(table)
+
+
+@app.command()
+@_user_errors
+def recipe(name: Annotated[str, typer.Argument(help="Recipe name, e.g. fast.")]) -> None:
+    """Print a recipe as `dvc exp run` arguments: dvc exp run $(classiflow recipe fast)."""
+    import shlex
+
+    from classiflow.recipes import dvc_set_args, load_recipe
+
+    print(" ".join(shlex.quote(a) for a in dvc_set_args(load_recipe(name))))
+
+
 def _parse_set(values: list[str]) -> dict[str, Any]:
     out = {}
     for item in values:
@@ -140,15 +167,18 @@ def _parse_set(values: list[str]) -> dict[str, Any]:
 @_user_errors
 def run(
     set_: Annotated[list[str], typer.Option("--set", "-S", help="Override, e.g. -S train.epochs=2")] = [],  # noqa: B006
+    recipe: Annotated[str | None, typer.Option(help="Apply a named recipe first (see `classiflow recipes`).")] = None,
     workdir: Annotated[str | None, typer.Option(help="Where the run writes (default runs/<flow run>).")] = None,
     params: ParamsFile = "params.yaml",
 ) -> None:
     """Run the whole pipeline as the Prefect train-flow (the API from PREFECT_API_URL, else ephemeral)."""
     from flows.train import train_flow
 
+    from classiflow.recipes import load_recipe
+
     overrides = _parse_set(set_)
-    load_params(params, overrides)
-    result = train_flow(params_file=params, overrides=overrides, workdir=workdir)
+    load_params(params, (load_recipe(recipe) if recipe else {}) | overrides)
+    result = train_flow(params_file=params, overrides=overrides, workdir=workdir, recipe=recipe)
     Console().print_json(json.dumps(result))
 
 

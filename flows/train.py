@@ -1,4 +1,4 @@
-"""``train-flow``: download -> prepare -> train -> evaluate -> baseline -> compare -> register.
+"""``train-flow``: download -> prepare -> augment -> train -> evaluate -> baseline -> compare -> register.
 
 It runs the same task code as the DVC stages, in its own working directory
 (``runs/<flow run name>`` by default) so that flow runs never disturb the DVC workspace.
@@ -13,6 +13,8 @@ from prefect import flow, runtime
 
 from classiflow.config import load_params
 from classiflow.layout import project_root
+from classiflow.recipes import load_recipe
+from tasks.augment import augment
 from tasks.baseline import baseline, compare
 from tasks.data import download, prepare
 from tasks.evaluate import evaluate
@@ -26,9 +28,11 @@ def train_flow(
     params_file: str = "params.yaml",
     overrides: dict[str, Any] | None = None,
     workdir: str | None = None,
+    recipe: str | None = None,
 ) -> dict:
-    """Run the whole pipeline; ``overrides`` takes dotted keys, e.g. ``{"train.epochs": 2}``."""
-    params = load_params(params_file, overrides)
+    """Run the whole pipeline; ``recipe`` names recipes/<name>.yaml, ``overrides`` takes dotted
+    keys on top of it, e.g. ``{"train.epochs": 2}``."""
+    params = load_params(params_file, (load_recipe(recipe) if recipe else {}) | (overrides or {}))
     run_name = runtime.flow_run.name or "local"
     root = str(Path(workdir) if workdir else project_root() / "runs" / run_name)
     experiment = setup(params)
@@ -37,6 +41,7 @@ def train_flow(
     try:
         download(root, params, pipeline)
         meta = prepare(root, params, pipeline)
+        augment(root, params, pipeline)
         summary = train(root, params, pipeline)
         metrics = evaluate(root, params, pipeline)
         classical = baseline(root, params, pipeline)

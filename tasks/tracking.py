@@ -28,7 +28,8 @@ from classiflow.layout import Layout, project_root
 UPSTREAM = {
     "download": (),
     "prepare": ("download",),
-    "train": ("prepare",),
+    "augment": ("prepare",),
+    "train": ("prepare", "augment"),
     "evaluate": ("train",),
     "register": ("evaluate",),
     "baseline": ("prepare",),

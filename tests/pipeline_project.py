@@ -13,7 +13,7 @@ from classiflow.data.archive import sha256_file
 from tests.imagegen import write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ["dvc.yaml", "params.yaml", ".dvcignore", "prefect.toml", "classiflow", "tasks", "flows"]
+COPIED = ["dvc.yaml", "params.yaml", ".dvcignore", "prefect.toml", "classiflow", "tasks", "flows", "recipes"]
 
 
 def make_project(tmp: Path, **param_updates) -> Path:

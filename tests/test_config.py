@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_committed_params_file_is_valid():
     params = load_params(REPO / "params.yaml")
-    assert params.model.name == "simplecnn"
+    assert params.model.name == "fastnet"
     assert params.data.source == "cifar10"
     assert params.flat()["register.alias"] == "challenger"
 
@@ -59,4 +59,4 @@ def test_champion_alias_is_reserved_for_promote():
 
 def test_flat_has_every_section():
     sections = {k.split(".")[0] for k in Params().flat()}
-    assert sections == {"data", "model", "train", "evaluate", "register", "baseline", "tracking"}
+    assert sections == {"data", "model", "augment", "train", "evaluate", "register", "baseline", "tracking"}

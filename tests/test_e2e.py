@@ -54,7 +54,7 @@ def first_repro(project) -> str:
     return _repro(project)
 
 
-STAGES = ("download", "prepare", "train", "evaluate", "register", "baseline", "compare")
+STAGES = ("download", "prepare", "augment", "train", "evaluate", "register", "baseline", "compare")
 
 
 def test_dvc_repro_runs_every_stage_and_registers_a_challenger(project, first_repro):
@@ -85,7 +85,8 @@ def test_baseline_and_comparison_sit_beside_the_cnn(project, first_repro):
     grid = list(csv.reader(open(project / "reports/baseline/confusion_matrix.csv")))
     assert sum(int(v) for row in grid[1:] for v in row[1:]) == 24
     table = (project / "reports/comparison.md").read_text()
-    assert "| simplecnn | deep |" in table and "| classical |" in table
+    model = yaml.safe_load((project / "params.yaml").read_text())["model"]["name"]
+    assert f"| {model} | deep |" in table and "| classical |" in table
     shown = subprocess.run(["dvc", "metrics", "show"], cwd=project, env=_env(), capture_output=True, text=True)
     assert "metrics/baseline.json" in shown.stdout and "metrics/evaluate.json" in shown.stdout
     client = _client(project)
@@ -103,7 +104,7 @@ def test_second_repro_runs_nothing(project, first_repro):
 def test_changing_epochs_reruns_train_and_after_only(project, first_repro):
     out = _repro(project, "dvc", "exp", "run", "-S", "train.epochs=1")
     assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 1
-    for stage in ("download", "prepare", "baseline"):
+    for stage in ("download", "prepare", "augment", "baseline"):
         assert f"Running stage '{stage}'" not in out
     for stage in ("train", "evaluate", "register", "compare"):
         assert f"Running stage '{stage}'" in out

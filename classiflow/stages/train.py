@@ -1,26 +1,49 @@
-"""Train stage: build the configured model for the prepared data, fit it, keep the best checkpoint."""
+"""Train stage: build the configured model for the prepared data, fit it with the augmentation
+policy, keep the best checkpoint; a killed run resumes from its last epoch."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from classiflow.atomic import write_json, write_text
+from classiflow.augment import build_augment, load_copies
 from classiflow.checkpoint import model_spec, save_checkpoint
 from classiflow.config import Params
-from classiflow.data.prepared import load_prepared
+from classiflow.data.prepared import PreparedData, load_prepared
+from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
 from classiflow.models import build_model
 from classiflow.training import fit, seed_everything
+from classiflow.training.loop import Inputs, Resume
+from classiflow.training.resume import fingerprint
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_second")
 
 
+def _inputs(layout: Layout, params: Params, data: PreparedData) -> Inputs:
+    aug = params.augment
+    augment = build_augment(aug, len(data.classes), channels=data.channels, image_size=data.image_size)
+    copies = []
+    if aug.copies and not augment.is_identity:
+        copies = load_copies(layout.augmented, data_hash=data.data_hash)
+        if len(copies) != aug.copies:
+            raise ClassiflowError(
+                f"{layout.augmented}: {len(copies)} augmented copies, augment.copies is {aug.copies}; "
+                "rerun the augment stage"
+            )
+    return Inputs(augment=augment, copies=copies, augment_seed=aug.seed)
+
+
 def run(layout: Layout, params: Params, on_epoch_end: Callable[[dict], None] | None = None) -> dict:
     data = load_prepared(layout.prepared, ("train", "val"))
-    spec = model_spec(params.model.name, data.meta)
+    spec = model_spec(params.model, data.meta)
     seed_everything(params.train.seed)  # the initial weights too, not only the batch order
     model = build_model(**spec)
-    result = fit(model, data, params.train, on_epoch_end)
+    inputs = _inputs(layout, params, data)
+    train_cfg = params.train.model_dump(exclude={"resume"})
+    key = fingerprint(spec, params.augment.model_dump(), train_cfg, data.data_hash)
+    resume = Resume(layout.last_checkpoint, key, enabled=params.train.resume)
+    result = fit(model, data, params.train, on_epoch_end, inputs, resume)
     save_checkpoint(
         layout.model,
         model,
@@ -28,6 +51,7 @@ def run(layout: Layout, params: Params, on_epoch_end: Callable[[dict], None] | N
         data.meta,
         {"epoch": result.best_epoch, "val_accuracy": result.best_val_accuracy, "train": params.train.model_dump()},
     )
+    layout.last_checkpoint.unlink(missing_ok=True)
     rows = [",".join(HISTORY_FIELDS)]
     rows += [
         ",".join(f"{h[k]:.6g}" if isinstance(h[k], float) else str(h[k]) for k in HISTORY_FIELDS)
@@ -38,6 +62,7 @@ def run(layout: Layout, params: Params, on_epoch_end: Callable[[dict], None] | N
     metrics = {
         "best_val_accuracy": result.best_val_accuracy,
         "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
         "final_train_loss": last["train_loss"],
         "final_train_accuracy": last["train_accuracy"],
         "images_per_second": result.images_per_second,
@@ -45,4 +70,9 @@ def run(layout: Layout, params: Params, on_epoch_end: Callable[[dict], None] | N
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     write_json(layout.train_metrics, metrics)
-    return {**metrics, "device": result.device, "data_hash": data.data_hash}
+    return {
+        **metrics,
+        "device": result.device,
+        "data_hash": data.data_hash,
+        "resumed_from_epoch": result.resumed_from_epoch,
+    }

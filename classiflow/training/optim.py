@@ -15,21 +15,22 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from classiflow.config import TrainParams
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(model: nn.Module, cfg: TrainParams) -> list[dict]:
     """Weight decay on weights only: decaying norm gains and biases hurts accuracy (as timm and
-    torchvision's references do by default)."""
+    torchvision's references do by default). Norm and bias parameters may take a larger
+    learning rate (``bias_lr_scale``), which fast schedules such as airbench's rely on."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr}]
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr * cfg.bias_lr_scale})
     return groups
 
 
 def make_optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, cfg.weight_decay)
+    groups = parameter_groups(model, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adamw":
@@ -60,7 +61,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainParams, steps_per
         rise = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs >= 1 else (cfg.warmup_epochs or 0.3)
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
-            max_lr=cfg.lr,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
             total_steps=cfg.epochs * steps_per_epoch,
             pct_start=min(max(rise, 0.01), 0.99),
             cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0,

@@ -1,0 +1,157 @@
+"""The recipe parts of training (schedules, EMA, smoothing, early stopping, TTA) and resume-after-kill."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from classiflow.config import DataParams, TrainParams, parse_params
+from classiflow.data.download import download
+from classiflow.data.prepare import prepare
+from classiflow.errors import ClassiflowError
+from classiflow.layout import Layout
+from classiflow.models import build_model
+from classiflow.stages import train as train_stage
+from classiflow.training import autocast, fit
+from classiflow.training.optim import lr_factor, make_optimizer
+from tests.conftest import REPO
+from tests.imagegen import write_image_folder
+from tests.test_models_training import _toy_data
+
+
+def _fit(**cfg):
+    model = build_model("simplecnn", 1, 2, 16)
+    return model, fit(model, _toy_data(), TrainParams(device="cpu", **cfg))
+
+
+def test_cosine_warmup_rises_then_decays_to_zero():
+    cfg = TrainParams(epochs=4, scheduler="cosine", warmup_epochs=1, lr=0.1)
+    factor = lr_factor(cfg, steps_per_epoch=10)
+    rising = [factor(s) for s in range(10)]
+    assert rising == sorted(rising) and rising[-1] == pytest.approx(1.0)
+    assert factor(25) < factor(15) < 1.0
+    assert factor(40) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_onecycle_peaks_at_lr_inside_the_run():
+    _, result = _fit(epochs=4, batch_size=16, scheduler="onecycle", lr=0.05, warmup_epochs=2)
+    lrs = [h["lr"] for h in result.history]
+    assert lrs[0] < 0.05 and max(lrs) == pytest.approx(0.05, rel=0.05) and lrs[-1] < max(lrs)
+
+
+def test_weight_decay_skips_norm_and_bias_parameters():
+    model = build_model("resnet8", 3, 10, 32)
+    opt = make_optimizer(model, TrainParams(weight_decay=5e-4, optimizer="sgd", nesterov=True))
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 5e-4 and plain["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim <= 1 for p in plain["params"])
+    assert opt.defaults["nesterov"] is True
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_every_optimizer_learns_with_smoothing_ema_and_clipping(optimizer):
+    lr = 0.05 if optimizer == "sgd" else 0.003
+    _, result = _fit(
+        epochs=4,
+        batch_size=16,
+        optimizer=optimizer,
+        lr=lr,
+        label_smoothing=0.1,
+        ema=0.9,
+        grad_clip=1.0,
+        scheduler="cosine",
+    )
+    assert result.best_val_accuracy >= 0.9
+
+
+def test_ema_weights_are_what_is_kept():
+    model, result = _fit(epochs=2, batch_size=16, lr=0.05, ema=0.5)
+    assert all(torch.equal(model.state_dict()[k], result.best_state[k]) for k in result.best_state)
+    assert "n_averaged" not in result.best_state
+
+
+def test_early_stopping_stops_after_patience():
+    _, result = _fit(epochs=30, batch_size=16, lr=0.05, early_stopping=2)
+    assert len(result.history) < 30
+    best = max(h["val_accuracy"] for h in result.history)
+    assert all(h["val_accuracy"] <= best for h in result.history[result.best_epoch :])
+    assert len(result.history) - result.best_epoch == 2
+
+
+def test_bf16_autocast_and_channels_last_train_on_cpu():
+    _, result = _fit(epochs=2, batch_size=16, lr=0.05, precision="bf16", channels_last=True)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_fp16_on_cpu_is_a_clear_error():
+    with pytest.raises(ClassiflowError, match="fp16"):
+        autocast(torch.device("cpu"), "fp16")
+
+
+def _project(tmp_path, name="a"):
+    folder = write_image_folder(tmp_path / "shapes", per_class=40, size=32)
+    layout = Layout.at(tmp_path / name)
+    download(str(folder), layout.raw)
+    prepare(layout.raw, layout.prepared, DataParams(image_size=32, val_fraction=0.2))
+    return layout
+
+
+RESUME_PARAMS = {
+    "model": {"name": "resnet8"},
+    "augment": {"flip": True, "translate": 2, "erasing": 0.5, "mix": "mixup"},
+    "train": {"epochs": 6, "batch_size": 16, "lr": 0.05, "scheduler": "cosine", "ema": 0.9, "device": "cpu"},
+}
+
+
+def test_killed_train_stage_resumes_to_the_same_weights(tmp_path):
+    """kill -9 mid-run, rerun with the same params: same final weights as never stopping."""
+    killed = _project(tmp_path, "killed")
+    straight = Layout.at(tmp_path / "straight")
+    shutil.copytree(killed.prepared, straight.prepared)
+    params = parse_params(RESUME_PARAMS)
+    code = (
+        "import json, sys; from classiflow.config import parse_params; from classiflow.layout import Layout;"
+        "from classiflow.stages import train; train.run(Layout.at(sys.argv[1]), parse_params(json.loads(sys.argv[2])))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(killed.root), json.dumps(RESUME_PARAMS)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not killed.last_checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert killed.last_checkpoint.exists() and not killed.model.exists()
+
+    resumed = train_stage.run(killed, params)
+    assert 1 <= resumed["resumed_from_epoch"] < 6
+    assert not killed.last_checkpoint.exists()
+    uninterrupted = train_stage.run(straight, params)
+    assert uninterrupted["resumed_from_epoch"] == 0
+    a, b = (torch.load(x.model, weights_only=True)["state_dict"] for x in (killed, straight))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = [line.split(",")[0] for line in killed.train_history.read_text().splitlines()[1:]]
+    assert history == [str(e) for e in range(1, 7)]
+
+
+def test_a_resume_point_is_used_only_by_the_same_configuration(tmp_path):
+    from classiflow.training.loop import Resume
+
+    path = tmp_path / "last.pt"
+    cfg = TrainParams(epochs=2, batch_size=16, lr=0.05, device="cpu")
+    first = fit(build_model("simplecnn", 1, 2, 16), _toy_data(), cfg, resume=Resume(path, "A"))
+    assert path.exists() and first.resumed_from_epoch == 0
+    again = fit(build_model("simplecnn", 1, 2, 16), _toy_data(), cfg, resume=Resume(path, "A"))
+    assert again.resumed_from_epoch == 2 and again.history == first.history
+    other = fit(build_model("simplecnn", 1, 2, 16), _toy_data(), cfg, resume=Resume(path, "B"))
+    assert other.resumed_from_epoch == 0
+    path.write_bytes(b"torn")
+    assert fit(build_model("simplecnn", 1, 2, 16), _toy_data(), cfg, resume=Resume(path, "B")).resumed_from_epoch == 0
