@@ -112,7 +112,8 @@ def load_results() -> list[dict]:
 
 def table(results: list[dict], ceil: dict) -> str:
     lines = [
-        "| recipe | model | epochs | runs | test accuracy (mean ± std) | train stage wall time | images/s | GFLOP/s | of conv ceiling |",
+        "| recipe | model | epochs | runs | test accuracy (mean ± std) | train stage wall time | images/s "
+        "| GFLOP/s | of conv ceiling |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for recipe in list_recipes(REPO):
@@ -126,8 +127,9 @@ def table(results: list[dict], ceil: dict) -> str:
         sd = f" ± {statistics.stdev(acc):.2f}" if len(acc) > 1 else ""
         wsd = f" ± {statistics.stdev(wall):.0f}" if len(wall) > 1 else ""
         width = f" w{rows[0]['width']}" if rows[0]["width"] else ""
+        model = f"{rows[0]['model']}{width}"
         lines.append(
-            f"| {recipe} | {rows[0]['model']}{width} | {rows[0]['epochs']} | {len(rows)} | {statistics.mean(acc):.2f}%{sd} "
+            f"| {recipe} | {model} | {rows[0]['epochs']} | {len(rows)} | {statistics.mean(acc):.2f}%{sd} "
             f"| {statistics.mean(wall):.0f} s{wsd} | {ips:,.0f} | {gflops:.0f} | {gflops / ceil['conv_gflops']:.0%} |"
         )
     return "\n".join(lines)

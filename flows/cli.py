@@ -172,9 +172,8 @@ def run(
     params: ParamsFile = "params.yaml",
 ) -> None:
     """Run the whole pipeline as the Prefect train-flow (the API from PREFECT_API_URL, else ephemeral)."""
-    from flows.train import train_flow
-
     from classiflow.recipes import load_recipe
+    from flows.train import train_flow
 
     overrides = _parse_set(set_)
     load_params(params, (load_recipe(recipe) if recipe else {}) | overrides)
