@@ -74,6 +74,23 @@ class Layout:
         return self.root / "reports" / "per_class.csv"
 
     @property
+    def pruned_model(self) -> Path:
+        return self.root / "models" / "pruned.pt"
+
+    @property
+    def prune_metrics(self) -> Path:
+        return self.root / "metrics" / "prune.json"
+
+    @property
+    def prune_sweep_csv(self) -> Path:
+        """Accuracy and latency against sparsity, one row per method and amount (no fine-tuning)."""
+        return self.root / "reports" / "prune_sweep.csv"
+
+    @property
+    def prune_sweep_png(self) -> Path:
+        return self.root / "reports" / "prune_sweep.png"
+
+    @property
     def registration(self) -> Path:
         return self.root / "reports" / "registration.json"
 

@@ -1,0 +1,152 @@
+"""Prune stage: prune the trained model, fine-tune it back, and measure what that traded.
+
+Reads models/model.pt and the prepared splits; writes models/pruned.pt, metrics/prune.json and,
+when ``prune.sweep`` lists amounts, the accuracy/latency-vs-sparsity curve in reports/.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from classiflow.atomic import write_json
+from classiflow.augment import build_augment
+from classiflow.checkpoint import load_checkpoint
+from classiflow.config import Params, TrainParams
+from classiflow.data.prepared import PreparedData, load_prepared
+from classiflow.errors import ClassiflowError
+from classiflow.layout import Layout
+from classiflow.prune import (
+    PruneParams,
+    accuracy,
+    check_structured,
+    compressed_size,
+    count_nonzero,
+    count_parameters,
+    detach_masked_weights,
+    file_size,
+    latency_ms,
+    make_permanent,
+    prune_steps,
+    save_pruned,
+    sparsity,
+)
+from classiflow.prune.sweep import sweep, write_sweep
+from classiflow.tensors import to_nchw
+from classiflow.training import fit, select_device
+from classiflow.training.loop import Inputs
+
+LATENCY_THREADS = 1  # the steady figure to compare by; a busy machine's other cores add noise
+
+
+def finetune_config(train: TrainParams, prune: PruneParams) -> TrainParams:
+    """The train section with the fine-tuning schedule: a short cosine from ``finetune_lr``.
+
+    Warm-up and early stopping are off: the weights are already trained, and a run of one or two
+    epochs has no room for either. Resuming is off because the pruned shapes change every step.
+    """
+    return train.model_copy(
+        update={
+            "epochs": prune.finetune_epochs,
+            "lr": prune.finetune_lr,
+            "scheduler": "cosine",
+            "warmup_epochs": 0.0,
+            "early_stopping": None,
+            "resume": False,
+        }
+    )
+
+
+def _finetune_inputs(params: Params, data: PreparedData) -> Inputs:
+    augment = build_augment(params.augment, len(data.classes), channels=data.channels, image_size=data.image_size)
+    return Inputs(augment=augment, augment_seed=params.augment.seed)
+
+
+def _measure(model: nn.Module, score: Callable[[nn.Module], float], shape: tuple, repeats: int) -> dict:
+    latency = latency_ms(model, shape, repeats, threads=LATENCY_THREADS)
+    return {
+        "params": count_parameters(model),
+        "nonzero_params": count_nonzero(model),
+        "test_accuracy": score(model),
+        "latency_ms_median": latency["median"],
+        "latency_ms_p99": latency["p99"],
+    }
+
+
+def run(
+    layout: Layout,
+    params: Params,
+    prune_params: PruneParams,
+    on_epoch_end: Callable[[dict], None] | None = None,
+) -> dict:
+    original, ckpt = load_checkpoint(layout.model)
+    data = load_prepared(layout.prepared)
+    if ckpt["data_hash"] != data.data_hash:
+        raise ClassiflowError(
+            f"{layout.model} was trained on other data (hash {ckpt['data_hash'][:12]}, "
+            f"prepared data is {data.data_hash[:12]}); rerun the train stage"
+        )
+    pp = prune_params
+    if pp.method == "structured":
+        check_structured(original)
+    device = select_device(params.train.device)
+    test_images, test_labels = to_nchw(data.images["test"]), data.labels["test"]
+    shape = (1, data.channels, data.image_size, data.image_size)
+
+    def score(model: nn.Module) -> float:
+        return accuracy(model, test_images, test_labels, ckpt["mean"], ckpt["std"], device, params.evaluate.batch_size)
+
+    model = copy.deepcopy(original)
+    finetune = pp.finetune_epochs > 0 and pp.method != "none"
+    cfg = finetune_config(params.train, pp)
+    inputs = _finetune_inputs(params, data) if finetune else None
+    steps = []
+    for step in prune_steps(model, pp.method, pp.amount, pp.steps, pp.layers, torch.randn(shape)):
+        row = {"step": step, "sparsity": sparsity(model, original)}
+        if finetune:
+            result = fit(detach_masked_weights(model), data, cfg, on_epoch_end, inputs)
+            row["val_accuracy"] = result.best_val_accuracy
+        steps.append(row)
+    make_permanent(model)
+
+    pruning = {
+        "method": pp.method,
+        "amount": pp.amount,
+        "steps": pp.steps,
+        "finetune_epochs": pp.finetune_epochs if finetune else 0,
+    }
+    save_pruned(
+        layout.pruned_model,
+        model,
+        ckpt["model"],
+        data.meta,
+        {"pruning": pruning, "source_val_accuracy": ckpt.get("val_accuracy")},
+    )
+    before = _measure(original, score, shape, pp.latency_repeats)
+    after = _measure(model, score, shape, pp.latency_repeats)
+    metrics: dict = {**pruning, "sparsity": sparsity(model, original), "sparsity_before": sparsity(original)}
+    for key in ("params", "nonzero_params", "test_accuracy", "latency_ms_median", "latency_ms_p99"):
+        metrics[f"{key}_before"], metrics[f"{key}_after"] = before[key], after[key]
+    metrics |= {
+        "size_bytes_before": file_size(layout.model),
+        "size_bytes_after": file_size(layout.pruned_model),
+        "compressed_bytes_before": compressed_size(layout.model),
+        "compressed_bytes_after": compressed_size(layout.pruned_model),
+        "accuracy_drop_points": 100.0 * (before["test_accuracy"] - after["test_accuracy"]),
+        "speedup": before["latency_ms_median"] / max(after["latency_ms_median"], 1e-9),
+        "latency_threads": LATENCY_THREADS,
+    }
+    write_json(layout.prune_metrics, metrics)
+
+    sweep_rows = []
+    if pp.sweep:
+        sweep_rows = sweep(original, pp.sweep, score, shape, pp.latency_repeats)
+        title = f"{ckpt['model']['name']} on {data.meta.get('dataset', 'data')}"
+        write_sweep(layout.prune_sweep_csv, layout.prune_sweep_png, sweep_rows, before, title)
+    else:  # a curve from other params would pass for this run's
+        layout.prune_sweep_csv.unlink(missing_ok=True)
+        layout.prune_sweep_png.unlink(missing_ok=True)
+    return {**metrics, "steps_history": steps, "sweep": sweep_rows, "device": str(device), "data_hash": data.data_hash}
