@@ -91,3 +91,25 @@ def test_every_recipe_trains_on_grayscale_28x28_unchanged(gray28, name):
     assert summary["epochs_run"] == 1 and summary["parameters"] > 0
     metrics = evaluate_stage.run(gray28, params)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and sum(map(sum, metrics["confusion_matrix"])) == metrics["test_size"]
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"model.name": "simplecnn"},
+        {"model.name": "lenet5", "model.attention": "cbam"},
+        {"model.name": "resnet8"},
+        {"model.name": "resnet20", "model.attention": "cbam", "model.cbam_reduction": 4},
+        {"model.name": "resnet56"},
+        {"model.name": "vit", "model.width": 64},
+        {"model.name": "fastnet", "model.width": 8, "model.attention": "cbam"},
+    ],
+    ids=lambda m: "-".join(str(v) for v in m.values()),
+)
+def test_every_model_trains_through_the_stages(gray28, model):
+    overrides = load_recipe("quick", REPO) | {"model.width": None} | model
+    params = parse_params({}, overrides=overrides | {"train.epochs": 1, "train.batch_size": 16, "train.device": "cpu"})
+    summary = train_stage.run(gray28, params)
+    assert summary["epochs_run"] == 1
+    metrics = evaluate_stage.run(gray28, params)
+    assert metrics["test_size"] == sum(map(sum, metrics["confusion_matrix"]))
