@@ -91,6 +91,19 @@ class Layout:
         return self.root / "reports" / "prune_sweep.png"
 
     @property
+    def export_dir(self) -> Path:
+        """Deployable files (TorchScript, ONNX, int8 ONNX) and preprocessing.json, replaced as a whole."""
+        return self.root / "models" / "export"
+
+    @property
+    def export_report(self) -> Path:
+        return self.root / "reports" / "export.md"
+
+    @property
+    def export_metrics(self) -> Path:
+        return self.root / "metrics" / "export.json"
+
+    @property
     def registration(self) -> Path:
         return self.root / "reports" / "registration.json"
 

@@ -1,0 +1,115 @@
+"""Export stage: the trained model (and the pruned one, when the prune stage made it) as deployable files,
+each checked against PyTorch on the test split and timed, all replaced together in ``models/export``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from classiflow.atomic import atomic_dir, write_json, write_text
+from classiflow.checkpoint import load_checkpoint
+from classiflow.config import Params
+from classiflow.data.prepared import PreparedData, load_prepared
+from classiflow.errors import ClassiflowError
+from classiflow.export import report, runtime
+from classiflow.export.convert import INPUT_NAME, OUTPUT_NAME
+from classiflow.export.params import ExportParams
+from classiflow.export.pipeline import Images, Source, export_model, file_names
+from classiflow.layout import Layout
+from classiflow.tensors import WithPreprocessing
+
+Loader = Callable[[Path], tuple[nn.Module, dict[str, Any]]]
+CALIBRATION_SEED = 0
+
+
+def _default_pruned_loader() -> Loader:
+    try:
+        from classiflow.prune import load_pruned
+    except ImportError:
+        raise ClassiflowError("a pruned model exists but classiflow.prune is not installed to load it") from None
+    return load_pruned
+
+
+def _check_data(path: Path, payload: dict, data: PreparedData) -> None:
+    if payload["data_hash"] != data.data_hash:
+        raise ClassiflowError(
+            f"{path} was trained on other data (hash {payload['data_hash'][:12]}, "
+            f"prepared data is {data.data_hash[:12]}); rerun the stages that made it"
+        )
+
+
+def _sources(layout: Layout, data: PreparedData, load_pruned: Loader | None) -> tuple[list[Source], dict]:
+    model, payload = load_checkpoint(layout.model)
+    _check_data(layout.model, payload, data)
+    loaded = [("trained", model, payload, layout.model)]
+    pruned_path = layout.pruned_model
+    if pruned_path.exists():
+        model, pruned = (load_pruned or _default_pruned_loader())(pruned_path)
+        _check_data(pruned_path, pruned, data)
+        loaded.append(("pruned", model, pruned, pruned_path))
+    sources = [
+        Source(label, WithPreprocessing(net.eval(), p["mean"], p["std"]).eval(), path) for label, net, p, path in loaded
+    ]
+    return sources, payload
+
+
+def _calibration(data: PreparedData, count: int) -> np.ndarray:
+    train = data.images["train"]
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    pick = np.sort(rng.choice(len(train), size=min(count, len(train)), replace=False))
+    return runtime.pixels(train[pick])
+
+
+def _preprocessing(payload: dict, data: PreparedData, sources: list[Source], params: ExportParams) -> dict:
+    """What a deployment needs besides the file: the input it takes and what the outputs mean."""
+    return {
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", data.channels, data.image_size, data.image_size],
+            "dtype": "float32",
+            "layout": "NCHW",
+            "range": [0, 255],
+            "note": "raw pixel values; the files normalise with mean/std themselves",
+        },
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(payload["classes"])], "meaning": "logits"},
+        "mean": list(payload["mean"]),
+        "std": list(payload["std"]),
+        "classes": list(payload["classes"]),
+        "image_size": data.image_size,
+        "channels": data.channels,
+        "model": payload["model"]["name"],
+        "data_hash": data.data_hash,
+        "files": {s.label: file_names(s.stem, params) for s in sources},
+    }
+
+
+def run(
+    layout: Layout,
+    params: Params,
+    export_params: ExportParams | None = None,
+    load_pruned: Loader | None = None,
+) -> dict:
+    """``export_params`` defaults to ``params.export``; ``load_pruned`` to ``classiflow.prune.load_pruned``."""
+    export_params = export_params or getattr(params, "export", None) or ExportParams()
+    if not layout.model.exists():
+        raise ClassiflowError(f"{layout.model}: no trained model; run the train stage first")
+    data = load_prepared(layout.prepared, ("train", "test"))
+    if not len(data.images["test"]):
+        raise ClassiflowError(f"{layout.prepared}: the test split is empty; nothing to check the exports on")
+    sources, payload = _sources(layout, data, load_pruned)
+    images = Images(data.images["test"], data.labels["test"], _calibration(data, export_params.calibration_images))
+    threads = export_params.threads or runtime.all_cores()
+    rows: list[dict] = []
+    with atomic_dir(layout.export_dir) as tmp:
+        for source in sources:
+            rows += export_model(source, tmp, export_params, images, threads)
+        write_json(tmp / "preprocessing.json", _preprocessing(payload, data, sources, export_params))
+    text = report.markdown(rows, threads, export_params.throughput_batch, len(images.labels))
+    write_text(layout.export_report, text)
+    metrics = report.metrics(rows, threads)
+    write_json(layout.export_metrics, metrics)
+    return metrics
