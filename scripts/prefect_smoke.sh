@@ -14,8 +14,17 @@ export PREFECT_HOME="$work/prefect" PREFECT_API_URL="http://127.0.0.1:$port/api"
 export MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db"
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill -- "-$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # worker first (it retries a vanished server for minutes), then the server; SIGKILL what
+  # has not exited after 10 s rather than `wait` forever on a process that ignores SIGTERM
+  local i alive
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -- "-${pids[i]}" 2>/dev/null || true; done
+  for _ in $(seq 20); do
+    alive=0
+    for i in "${pids[@]}"; do kill -0 "$i" 2>/dev/null && alive=1; done
+    [[ $alive == 0 ]] && return
+    sleep 0.5
+  done
+  for i in "${pids[@]}"; do kill -KILL -- "-$i" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 
