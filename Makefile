@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 # make run RECIPE=fast applies a named recipe (recipes/fast.yaml) the same way.
 run: install
 ifneq ($(SET)$(RECIPE),)
-	dvc exp run $(if $(RECIPE),$$(classiflow recipe $(RECIPE))) $(foreach s,$(SET),-S '$(s)')
+	set -e; recipe="$(if $(RECIPE),$$(classiflow recipe $(RECIPE)))"; dvc exp run $$recipe $(foreach s,$(SET),-S '$(s)')
 else
 	dvc repro
 endif
