@@ -28,13 +28,7 @@ SIZE = 16
 FAST = {"latency_repeats": 3, "throughput_batch": 8, "calibration_images": 32, "threads": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batches gain nothing from threads, and on a busy 2-core machine OpenMP contention made them ~50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

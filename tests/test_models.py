@@ -14,13 +14,7 @@ SHAPES = [(3, 32), (1, 28), (3, 8)]
 CBAM_COUNT = {"simplecnn": 2, "lenet5": 2, "resnet8": 3, "resnet20": 9, "resnet56": 27, "fastnet": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny batches gain nothing from threads, and on a busy 2-core machine OpenMP contention made them ~50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

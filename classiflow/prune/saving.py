@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from classiflow.atomic import atomic_path
 from classiflow.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from classiflow.checkpoint import save_checkpoint
 from classiflow.errors import ClassiflowError
 from classiflow.models import build_model
 from classiflow.prune.unstructured import make_permanent
@@ -24,20 +24,9 @@ FORMAT = "pruned/1"
 
 
 def save_pruned(path: Path, model: nn.Module, spec: dict, meta: dict, extra: dict[str, Any]) -> None:
-    """Like save_checkpoint; unstructured masks are made permanent first (in place), so the file is plain weights."""
+    """save_checkpoint under the pruned format; unstructured masks are made permanent first (in place)."""
     make_permanent(model)
-    payload = {
-        "format": FORMAT,
-        "model": spec,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "classes": list(meta["classes"]),
-        "mean": list(meta["mean"]),
-        "std": list(meta["std"]),
-        "data_hash": meta["data_hash"],
-        **extra,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_checkpoint(path, model, spec, meta, {**extra, "format": FORMAT})
 
 
 def _reshape(module: nn.Module, prefix: str, state: dict[str, torch.Tensor]) -> None:
