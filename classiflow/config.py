@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from classiflow.baseline.params import BaselineParams
 from classiflow.errors import ClassiflowError
+from classiflow.export.params import ExportParams
+from classiflow.prune.params import PruneParams
 
 BUILTIN_DATASETS = ("cifar10", "mnist", "fashion_mnist")
 
@@ -98,6 +100,15 @@ class RegisterParams(_Section):
         return value
 
 
+class PromoteParams(_Section):
+    """The gate `classiflow promote` applies before moving @champion."""
+
+    # not_worse: promote unless significantly less accurate; better: only when significantly more accurate
+    policy: Literal["not_worse", "better"] = "not_worse"
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)  # significance level of McNemar's test
+    max_latency_ms: float | None = Field(None, gt=0.0)  # ONNX Runtime batch-1 median budget, or null
+
+
 class TrackingParams(_Section):
     experiment: str = Field("classiflow", min_length=1)
 
@@ -108,7 +119,10 @@ class Params(_Section):
     augment: AugmentParams = AugmentParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    prune: PruneParams = PruneParams()
+    export: ExportParams = ExportParams()
     registry: RegisterParams = Field(RegisterParams(), alias="register")
+    promote: PromoteParams = PromoteParams()
     baseline: BaselineParams = BaselineParams()
     tracking: TrackingParams = TrackingParams()
 

@@ -59,4 +59,20 @@ def test_champion_alias_is_reserved_for_promote():
 
 def test_flat_has_every_section():
     sections = {k.split(".")[0] for k in Params().flat()}
-    assert sections == {"data", "model", "augment", "train", "evaluate", "register", "baseline", "tracking"}
+    expected = {"data", "model", "augment", "train", "evaluate", "prune", "export", "register", "promote"}
+    assert sections == expected | {"baseline", "tracking"}
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        ("prune", {"amount": 1.0}, r"prune.amount: .*must be in \[0, 1\)"),
+        ("prune", {"method": "random"}, "prune.method"),
+        ("export", {"formats": ["torchscript"], "int8": "static"}, "add 'onnx' to formats"),
+        ("promote", {"policy": "always"}, "promote.policy"),
+        ("promote", {"alpha": 1.5}, "promote.alpha"),
+    ],
+)
+def test_prune_export_and_promote_sections_are_validated(section, value, message):
+    with pytest.raises(ClassiflowError, match=message):
+        parse_params({section: value})

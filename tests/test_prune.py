@@ -14,18 +14,17 @@ from classiflow.data.prepare import prepare
 from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
 from classiflow.models import build_model
-from classiflow.prune import (
-    PruneParams,
-    count_parameters,
+from classiflow.prune.measure import count_parameters
+from classiflow.prune.params import PruneParams
+from classiflow.prune.saving import load_pruned, save_pruned
+from classiflow.prune.schedule import prune_steps
+from classiflow.prune.structured import structured
+from classiflow.prune.unstructured import (
     detach_masked_weights,
     global_unstructured,
     l1_unstructured,
-    load_pruned,
     make_permanent,
-    prune_steps,
-    save_pruned,
     sparsity,
-    structured,
 )
 from classiflow.stages import prune as prune_stage
 from classiflow.stages import train as train_stage
@@ -175,8 +174,10 @@ def test_the_stage_prunes_finetunes_measures_and_sweeps(tmp_path, monkeypatch):
     assert count_parameters(model) == metrics["params_after"] and payload["pruning"]["steps"] == 2
 
     rows = layout.prune_sweep_csv.read_text().splitlines()
-    assert rows[0].startswith("method,amount,sparsity,params") and len(rows) == 3
-    assert {r.split(",")[0] for r in rows[1:]} == {"global_unstructured", "structured"}
+    assert rows[0].startswith("method,amount,sparsity,params") and len(rows) == 5
+    methods = [r.split(",")[0] for r in rows[1:]]
+    assert methods[0] == "unpruned" and methods[-1] == "structured+finetune"
+    assert set(methods[1:-1]) == {"global_unstructured", "structured"}
     assert layout.prune_sweep_png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ClassiflowError, match="not a classiflow checkpoint"):
         load_checkpoint(layout.pruned_model)  # a shrunk model never passes for a full one

@@ -62,10 +62,12 @@ def sweep(
     return rows
 
 
-def write_sweep(csv_path: Path, png_path: Path, rows: list[dict], baseline: dict, title: str) -> None:
-    """The CSV for DVC plots and a PNG with the unpruned model as a dashed reference line."""
+def write_sweep(csv_path: Path, png_path: Path, rows: list[dict], baseline: dict, chosen: dict, title: str) -> None:
+    """The CSV for DVC plots and a PNG: sweep curves, the unpruned model as a dashed line and the stage's own
+    (fine-tuned) model as a star, so both files exist and say something even when ``prune.sweep`` is empty."""
+    table = [{**baseline, "method": "unpruned", "amount": 0.0}, *rows, chosen]
     lines = [",".join(FIELDS)]
-    lines += [",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in FIELDS) for r in rows]
+    lines += [",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in FIELDS) for r in table]
     write_text(csv_path, "\n".join(lines) + "\n")
 
     import matplotlib
@@ -82,11 +84,12 @@ def write_sweep(csv_path: Path, png_path: Path, rows: list[dict], baseline: dict
             points = sorted((r["sparsity"], r[key]) for r in rows if r["method"] == method)
             ax.plot(*zip(*points, strict=True), marker="o", label=method)
         ax.axhline(baseline[key], color="gray", linestyle="--", label="unpruned")
+        ax.plot([chosen["sparsity"]], [chosen[key]], marker="*", markersize=14, linestyle="", label=chosen["method"])
         ax.set_xlabel("sparsity (share of prunable weights zeroed or removed)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"{title}: pruning without fine-tuning")
+    fig.suptitle(f"{title}: sweep without fine-tuning, star = this stage's model")
     fig.tight_layout()
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -28,7 +28,7 @@ CALIBRATION_SEED = 0
 
 def _default_pruned_loader() -> Loader:
     try:
-        from classiflow.prune import load_pruned
+        from classiflow.prune.saving import load_pruned
     except ImportError:
         raise ClassiflowError("a pruned model exists but classiflow.prune is not installed to load it") from None
     return load_pruned
@@ -50,7 +50,8 @@ def _sources(layout: Layout, data: PreparedData, load_pruned: Loader | None) -> 
     if pruned_path.exists():
         model, pruned = (load_pruned or _default_pruned_loader())(pruned_path)
         _check_data(pruned_path, pruned, data)
-        loaded.append(("pruned", model, pruned, pruned_path))
+        if pruned.get("pruning", {}).get("method") != "none":  # prune.method none copies the trained model
+            loaded.append(("pruned", model, pruned, pruned_path))
     sources = [
         Source(label, WithPreprocessing(net.eval(), p["mean"], p["std"]).eval(), path) for label, net, p, path in loaded
     ]

@@ -19,22 +19,13 @@ from classiflow.config import Params, TrainParams
 from classiflow.data.prepared import PreparedData, load_prepared
 from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
-from classiflow.prune import (
-    PruneParams,
-    accuracy,
-    check_structured,
-    compressed_size,
-    count_nonzero,
-    count_parameters,
-    detach_masked_weights,
-    file_size,
-    latency_ms,
-    make_permanent,
-    prune_steps,
-    save_pruned,
-    sparsity,
-)
+from classiflow.prune.measure import accuracy, compressed_size, count_nonzero, count_parameters, file_size, latency_ms
+from classiflow.prune.params import PruneParams
+from classiflow.prune.saving import save_pruned
+from classiflow.prune.schedule import prune_steps
+from classiflow.prune.structured import check_structured
 from classiflow.prune.sweep import sweep, write_sweep
+from classiflow.prune.unstructured import detach_masked_weights, make_permanent, sparsity
 from classiflow.tensors import to_nchw
 from classiflow.training import fit, select_device
 from classiflow.training.loop import Inputs
@@ -141,12 +132,10 @@ def run(
     }
     write_json(layout.prune_metrics, metrics)
 
-    sweep_rows = []
-    if pp.sweep:
-        sweep_rows = sweep(original, pp.sweep, score, shape, pp.latency_repeats)
-        title = f"{ckpt['model']['name']} on {data.meta.get('dataset', 'data')}"
-        write_sweep(layout.prune_sweep_csv, layout.prune_sweep_png, sweep_rows, before, title)
-    else:  # a curve from other params would pass for this run's
-        layout.prune_sweep_csv.unlink(missing_ok=True)
-        layout.prune_sweep_png.unlink(missing_ok=True)
+    sweep_rows = sweep(original, pp.sweep, score, shape, pp.latency_repeats) if pp.sweep else []
+    label = f"{pp.method}+finetune" if finetune else pp.method
+    chosen = {**after, "method": label, "amount": pp.amount, "sparsity": metrics["sparsity"]}
+    unpruned = {**before, "sparsity": metrics["sparsity_before"]}
+    title = f"{ckpt['model']['name']} on {data.meta.get('dataset', 'data')}"
+    write_sweep(layout.prune_sweep_csv, layout.prune_sweep_png, sweep_rows, unpruned, chosen, title)
     return {**metrics, "steps_history": steps, "sweep": sweep_rows, "device": str(device), "data_hash": data.data_hash}
