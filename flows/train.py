@@ -1,4 +1,5 @@
-"""``train-flow``: download -> prepare -> augment -> train -> evaluate -> baseline -> compare -> register.
+"""``train-flow``: download -> prepare -> augment -> train -> evaluate -> prune -> export -> baseline -> compare
+-> register.
 
 It runs the same task code as the DVC stages, in its own working directory
 (``runs/<flow run name>`` by default) so that flow runs never disturb the DVC workspace.
@@ -18,6 +19,8 @@ from tasks.augment import augment
 from tasks.baseline import baseline, compare
 from tasks.data import download, prepare
 from tasks.evaluate import evaluate
+from tasks.export import export
+from tasks.prune import prune
 from tasks.registry import register
 from tasks.tracking import log_to_pipeline, mark_failed, setup, start_pipeline_run
 from tasks.train import train
@@ -44,6 +47,8 @@ def train_flow(
         augment(root, params, pipeline)
         summary = train(root, params, pipeline)
         metrics = evaluate(root, params, pipeline)
+        pruned = prune(root, params, pipeline)
+        exported = export(root, params, pipeline)
         classical = baseline(root, params, pipeline)
         compare(root, params, pipeline)
         registration = register(root, params, pipeline)
@@ -57,6 +62,8 @@ def train_flow(
         "best_val_accuracy": summary["best_val_accuracy"],
         "test_accuracy": metrics["accuracy"],
         "baseline_test_accuracy": classical["accuracy"],
+        "pruned_test_accuracy": pruned["test_accuracy_after"],
+        "onnx_latency_ms": exported["trained"]["onnx"]["latency_ms_median"] if "onnx" in exported["trained"] else None,
         **registration,
     }
 

@@ -31,7 +31,9 @@ UPSTREAM = {
     "augment": ("prepare",),
     "train": ("prepare", "augment"),
     "evaluate": ("train",),
-    "register": ("evaluate",),
+    "prune": ("train", "evaluate"),
+    "export": ("train", "prune"),
+    "register": ("evaluate", "export"),
     "baseline": ("prepare",),
     "compare": ("evaluate", "baseline"),
 }
