@@ -96,6 +96,10 @@ class Layout:
         return self.root / "models" / "export"
 
     @property
+    def model_card(self) -> Path:
+        return self.root / "reports" / "model_card.md"
+
+    @property
     def export_report(self) -> Path:
         return self.root / "reports" / "export.md"
 

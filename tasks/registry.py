@@ -1,4 +1,4 @@
-"""Register and promote: the MLflow model registry side of the pipeline."""
+"""Register: the MLflow model registry side of the pipeline (promotion lives in tasks/promotion.py)."""
 
 from __future__ import annotations
 
@@ -7,33 +7,65 @@ import json
 import mlflow
 import numpy as np
 import torch
-from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from prefect import task
 
-from classiflow.atomic import read_json, write_json
+from classiflow.atomic import read_json, write_json, write_text
 from classiflow.checkpoint import load_checkpoint
 from classiflow.config import Params
 from classiflow.data.prepared import load_prepared
 from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
-from classiflow.promotion import Decision, decide
+from classiflow.model_card import model_card
 from classiflow.tensors import WithPreprocessing
-from tasks.tracking import git_commit, log_to_pipeline, run_logger, setup, stage_run
+from tasks.tracking import git_commit, log_to_pipeline, run_logger, stage_run
 
-CHAMPION = "champion"
+DESCRIPTION_LIMIT = 4000
 
 
 def registered_name(params: Params, dataset: str) -> str:
     return params.registry.model_name or f"classiflow-{dataset}"
 
 
+def _export_files(layout: Layout) -> list[str]:
+    """Every verified file of the export stage, which the version carries beside the PyTorch flavour."""
+    if not layout.export_metrics.exists() or not layout.export_dir.is_dir():
+        raise ClassiflowError(f"{layout.export_dir}: no exported model; run the export stage before register")
+    return sorted(str(p) for p in layout.export_dir.iterdir() if p.is_file())
+
+
+def _version_tags(ckpt: dict, metrics: dict, exported: dict, pruned: dict, pipeline: str) -> dict[str, str]:
+    tags = {
+        "test_accuracy": f"{metrics['accuracy']:.6f}",
+        "macro_f1": f"{metrics['macro_f1']:.6f}",
+        "data_hash": ckpt["data_hash"],
+        "git_commit": git_commit(),
+        "architecture": ckpt["model"]["name"],
+        "classes": json.dumps(ckpt["classes"]),
+        "pipeline_run_id": pipeline,
+        "pruned_test_accuracy": f"{pruned['test_accuracy_after']:.6f}",
+    }
+    trained = exported.get("trained", {})
+    if "onnx" in trained:
+        tags["latency_ms_batch1"] = f"{trained['onnx']['latency_ms_median']:.4f}"
+    for fmt in ("onnx-int8-static", "onnx-int8-dynamic"):
+        if fmt in trained:
+            tags[f"{fmt}_test_accuracy"] = f"{trained[fmt]['accuracy']:.6f}"
+    return tags
+
+
 @task(name="register")
 def register(root: str, params: Params, pipeline_run_id: str | None = None) -> dict:
+    """Log the model with its exports, predictions and model card, and register it as ``@<register.alias>``.
+
+    The per-image predictions let ``classiflow promote`` pair two versions image by image (McNemar).
+    """
     layout = Layout.at(root)
     net, ckpt = load_checkpoint(layout.model)
     metrics = read_json(layout.eval_metrics)
+    exported, pruned = read_json(layout.export_metrics), read_json(layout.prune_metrics)
+    files = _export_files(layout)
     data = load_prepared(layout.prepared, ("test",))
     name = registered_name(params, data.meta["dataset"])
     model = WithPreprocessing(net, ckpt["mean"], ckpt["std"]).eval()
@@ -41,14 +73,8 @@ def register(root: str, params: Params, pipeline_run_id: str | None = None) -> d
     example = np.ascontiguousarray(test.transpose(0, 3, 1, 2)).astype(np.float32)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
-    preprocessing = {
-        "input": "float32 N,C,H,W raw pixel values 0-255",
-        "channels": ckpt["model"]["in_channels"],
-        "image_size": ckpt["model"]["image_size"],
-        "mean": ckpt["mean"],
-        "std": ckpt["std"],
-        "classes": ckpt["classes"],
-    }
+    card = model_card(name, ckpt, params.flat(), metrics, pruned, exported, git_commit())
+    write_text(layout.model_card, card)
     with stage_run("register", layout, params, pipeline_run_id, kind="deep") as pipeline:
         mlflow.log_params({"register.model_name": name, "register.alias": params.registry.alias})
         info = mlflow.pytorch.log_model(
@@ -57,66 +83,21 @@ def register(root: str, params: Params, pipeline_run_id: str | None = None) -> d
             signature=infer_signature(example, output),
             input_example=example,
             registered_model_name=name,
+            extra_files=[*files, str(layout.model_card)],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
         )
         mlflow.log_artifact(str(layout.model), "checkpoint")
-        mlflow.log_dict(preprocessing, "checkpoint/preprocessing.json")
+        mlflow.log_artifact(str(layout.predictions), "evaluation")
+        mlflow.log_artifact(str(layout.model_card))
         version = str(info.registered_model_version)
         client = MlflowClient()
-        tags = {
-            "test_accuracy": f"{metrics['accuracy']:.6f}",
-            "macro_f1": f"{metrics['macro_f1']:.6f}",
-            "data_hash": ckpt["data_hash"],
-            "git_commit": git_commit(),
-            "architecture": ckpt["model"]["name"],
-            "classes": json.dumps(ckpt["classes"]),
-            "pipeline_run_id": pipeline,
-        }
-        for key, value in tags.items():
+        for key, value in _version_tags(ckpt, metrics, exported, pruned, pipeline).items():
             client.set_model_version_tag(name, version, key, value)
+        summary = card.split("\n## ")[0]  # the full card is an artifact; stores cap descriptions (5000 chars)
+        client.update_model_version(name, version, description=summary[:DESCRIPTION_LIMIT])
         client.set_registered_model_alias(name, params.registry.alias, version)
         log_to_pipeline(pipeline, tags={"registered_model": name, "registered_version": version})
         result = {"model_name": name, "version": version, "alias": params.registry.alias, "model_uri": info.model_uri}
         write_json(layout.registration, result)
     run_logger().info("register: %s version %s is now @%s", name, version, params.registry.alias)
     return result
-
-
-def _accuracy(version) -> float | None:
-    value = version.tags.get("test_accuracy")
-    return float(value) if value is not None else None
-
-
-def _by_alias(client: MlflowClient, name: str, alias: str):
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-
-
-def promote(params: Params, name: str, version: str | None = None, force: bool = False) -> tuple[Decision, str]:
-    """Move ``@champion`` to ``version`` (default: ``@challenger``) if the rule allows it."""
-    setup(params)
-    client = MlflowClient()
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        raise ClassiflowError(f"no registered model named {name!r}; run the pipeline first") from None
-    if version is None:
-        candidate = _by_alias(client, name, params.registry.alias)
-        if candidate is None:
-            raise ClassiflowError(f"{name} has no @{params.registry.alias} version to promote")
-    else:
-        try:
-            candidate = client.get_model_version(name, version)
-        except MlflowException:
-            raise ClassiflowError(f"{name} has no version {version}") from None
-    champion = _by_alias(client, name, CHAMPION)
-    if champion is not None and champion.version == candidate.version:
-        return Decision(True, "it already is the champion; nothing changed"), candidate.version
-    decision = decide(_accuracy(candidate), _accuracy(champion) if champion else None, force)
-    if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION, candidate.version)
-        if champion is not None:
-            client.set_model_version_tag(name, candidate.version, "previous_champion", champion.version)
-    return decision, candidate.version

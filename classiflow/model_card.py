@@ -1,0 +1,90 @@
+"""The model card that travels with every registered version: what a person deploying or auditing the model
+needs on one page, built only from files the pipeline already wrote, so it cannot disagree with them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from classiflow.export.report import FORMAT_NAMES
+
+CARD_SECTIONS = ("data", "model", "augment", "train", "prune", "export")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _latency_table(export: dict) -> list[str]:
+    lines = [
+        "| model | format | file | size | test accuracy | batch-1 median ms | batch-1 p99 ms | batch img/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for model, formats in export.items():
+        if not isinstance(formats, dict):
+            continue
+        for fmt, row in formats.items():
+            lines.append(
+                f"| {model} | {FORMAT_NAMES.get(fmt, fmt)} | `{row['file']}` | {row['bytes'] / 1e3:.1f} kB "
+                f"| {_pct(row['accuracy'])} | {row['latency_ms_median']:.3f} | {row['latency_ms_p99']:.3f} "
+                f"| {row['images_per_second']:.0f} |"
+            )
+    return lines
+
+
+def model_card(
+    name: str,
+    checkpoint: dict[str, Any],
+    params: dict[str, Any],
+    evaluation: dict[str, Any],
+    pruning: dict[str, Any],
+    export: dict[str, Any],
+    git_commit: str,
+) -> str:
+    """Markdown; ``params`` is ``Params.flat()``, the other dicts are the stages' metrics files."""
+    spec = checkpoint["model"]
+    classes = checkpoint["classes"]
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    lines = [
+        f"# Model card: {name}",
+        "",
+        f"- **Architecture:** `{spec['name']}` ({spec.get('attention', 'none')} attention), input "
+        f"{spec['in_channels']}x{spec['image_size']}x{spec['image_size']}, {len(classes)} classes",
+        f"- **Data:** `{params.get('data.source')}`, prepared data hash `{checkpoint['data_hash']}`",
+        f"- **Code:** git commit `{git_commit}`; card written {now}",
+        f"- **Test accuracy:** {_pct(evaluation['accuracy'])}, macro F1 {evaluation['macro_f1']:.4f} "
+        f"on {evaluation['test_size']} held-out test images",
+        f"- **Input:** raw pixel values 0-255, float32 NCHW; the files normalise with mean "
+        f"{[round(m, 4) for m in checkpoint['mean']]} and std {[round(s, 4) for s in checkpoint['std']]} themselves",
+        "",
+        "## Classes",
+        "",
+        ", ".join(f"`{c}`" for c in classes),
+        "",
+        "## Per-class test metrics",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for cls, row in evaluation.get("per_class", {}).items():
+        lines.append(f"| {cls} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |")
+    lines += [
+        "",
+        "## Pruned variant",
+        "",
+        f"`{pruning['method']}` at amount {pruning['amount']} ({pruning['finetune_epochs']} fine-tuning epochs per "
+        f"step): {pruning['params_before']:,} -> {pruning['params_after']:,} parameters, test accuracy "
+        f"{_pct(pruning['test_accuracy_before'])} -> {_pct(pruning['test_accuracy_after'])}, batch-1 PyTorch "
+        f"latency {pruning['latency_ms_median_before']:.3f} -> {pruning['latency_ms_median_after']:.3f} ms.",
+        "",
+        f"## Exported files (timed with {export.get('threads', '?')} thread(s))",
+        "",
+        *_latency_table(export),
+        "",
+        "## Parameters",
+        "",
+        "| key | value |",
+        "|---|---|",
+    ]
+    lines += [f"| `{k}` | `{v}` |" for k, v in params.items() if k.split(".")[0] in CARD_SECTIONS]
+    return "\n".join(lines) + "\n"
