@@ -61,7 +61,7 @@ def _stage(name: str):
     return app.command(name)(_user_errors(run))
 
 
-STAGES = ("download", "prepare", "augment", "train", "evaluate", "register", "baseline", "compare")
+STAGES = ("download", "prepare", "augment", "train", "evaluate", "prune", "export", "register", "baseline", "compare")
 
 
 def _tasks() -> dict[str, Any]:
@@ -69,6 +69,8 @@ def _tasks() -> dict[str, Any]:
     from tasks.baseline import baseline, compare
     from tasks.data import download, prepare
     from tasks.evaluate import evaluate
+    from tasks.export import export
+    from tasks.prune import prune
     from tasks.registry import register
     from tasks.train import train
 
@@ -78,6 +80,8 @@ def _tasks() -> dict[str, Any]:
         "augment": augment,
         "train": train,
         "evaluate": evaluate,
+        "prune": prune,
+        "export": export,
         "register": register,
         "baseline": baseline,
         "compare": compare,
@@ -96,20 +100,10 @@ def check(params: ParamsFile = "params.yaml") -> None:
     Console().print_json(json.dumps(cfg.flat()))
 
 
-@app.command()
-@_user_errors
-def promote(
-    name: Annotated[str | None, typer.Option(help="Registered model (default: from params).")] = None,
-    version: Annotated[str | None, typer.Option(help="Version to promote (default: @challenger).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Promote even if test accuracy is lower.")] = False,
-    params: ParamsFile = "params.yaml",
-) -> None:
-    """Move the @champion alias to a version when it is at least as accurate as the champion."""
+def _model_name(cfg: Params, name: str | None) -> str:
     from classiflow.atomic import read_json
     from classiflow.layout import Layout
-    from tasks.registry import promote as do_promote
 
-    cfg = load_params(params)
     registration = Layout.at(".").registration
     if name is None:
         name = cfg.registry.model_name or (read_json(registration)["model_name"] if registration.exists() else None)
@@ -117,12 +111,80 @@ def promote(
         raise ClassiflowError(
             "which registered model? pass --name (no register.model_name, no reports/registration.json)"
         )
-    decision, chosen = do_promote(cfg, name, version, force)
-    if decision.promote:
-        Console().print(f"promoted {name} version {chosen} to @champion: {decision.reason}")
+    return name
+
+
+def _print_outcome(outcome: Any) -> None:
+    out, d, dry = Console(highlight=False, soft_wrap=True), outcome.decision, outcome.dry_run
+    name, v = outcome.name, outcome.version
+    if outcome.action == "noop":
+        out.print(f"{name} version {v}: {d.reason}", markup=False)
+        return
+    if outcome.action == "rollback":
+        verb = "dry run: would roll back" if dry else "rolled back"
+        out.print(f"{verb} {name} @champion from version {outcome.champion_before} to {v}", markup=False)
+        return
+    what = outcome.source or f"{name} version {v}"
+    if outcome.action == "promote":
+        copy = f"a copy in {name}" if dry else f"{name} version {outcome.champion_after}"
+        copied = f" (copied as {copy})" if outcome.source else ""
+        verb = "dry run: would promote" if dry else "promoted"
+        out.print(f"{verb} {what} to @champion{copied}: {d.reason}", markup=False)
     else:
-        Console().print(f"not promoted: {name} version {chosen}: {decision.reason}")
+        verb = "dry run: would refuse" if dry else "not promoted:"
+        out.print(f"{verb} {what}: {d.reason}", markup=False)
+
+    def acc(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.4f}"
+
+    p_value = "n/a" if d.p_value is None else f"{d.p_value:.4g} ({d.test}; discordant {d.b} vs {d.c} of {d.n})"
+    champion = f"version {outcome.champion_before}" if outcome.champion_before else "none"
+    latency = f"; latency {d.candidate_latency_ms} ms, budget {d.max_latency_ms:g}" if d.max_latency_ms else ""
+    out.print(
+        f"  accuracy {acc(d.candidate_accuracy)} vs champion ({champion}) {acc(d.champion_accuracy)}; "
+        f"McNemar p={p_value}; policy {d.policy}, alpha {d.alpha:g}{latency}",
+        markup=False,
+    )
+
+
+@app.command()
+@_user_errors
+def promote(
+    name: Annotated[str | None, typer.Option(help="Registered model (default: from params).")] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Version, @alias or models:/<name>/<version> (default: @challenger).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote whatever the gate says, across data hashes and models.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the decision; change and record nothing.")] = False,
+    params: ParamsFile = "params.yaml",
+) -> None:
+    """Move @champion to a version that passes the gate (McNemar's test on the same test split).
+
+    Exits 3 when the gate refuses (also with --dry-run), so it can gate a CI job.
+    """
+    from tasks.promotion import promote as do_promote
+
+    cfg = load_params(params)
+    outcome = do_promote(cfg, _model_name(cfg, name), version, force, dry_run)
+    _print_outcome(outcome)
+    if not outcome.decision.promote:
         raise typer.Exit(3)
+
+
+@app.command()
+@_user_errors
+def rollback(
+    name: Annotated[str | None, typer.Option(help="Registered model (default: from params).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be restored; change nothing.")] = False,
+    params: ParamsFile = "params.yaml",
+) -> None:
+    """Give @champion back to the previous champion (repeat to walk further back)."""
+    from tasks.promotion import rollback as do_rollback
+
+    cfg = load_params(params)
+    _print_outcome(do_rollback(cfg, _model_name(cfg, name), dry_run))
 
 
 @app.command()

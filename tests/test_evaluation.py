@@ -10,7 +10,6 @@ from classiflow.evaluation import (
     write_confusion_csv,
     write_predictions_csv,
 )
-from classiflow.promotion import decide
 
 
 def test_metrics_on_known_predictions():
@@ -44,17 +43,3 @@ def test_reports_are_written(tmp_path):
     grid = list(csv.reader(open(tmp_path / "cm.csv")))
     assert grid[0][1:] == classes and sum(int(v) for r in grid[1:] for v in r[1:]) == 3
     assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.mark.parametrize(
-    "candidate,champion,force,expected",
-    [
-        (0.9, None, False, True),
-        (0.9, 0.9, False, True),
-        (0.89, 0.9, False, False),
-        (0.5, 0.9, True, True),
-        (None, 0.9, False, False),
-    ],
-)
-def test_promotion_rule(candidate, champion, force, expected):
-    assert decide(candidate, champion, force).promote is expected
