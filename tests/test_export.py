@@ -16,7 +16,7 @@ from classiflow.errors import ClassiflowError
 from classiflow.export import convert, pipeline, runtime
 from classiflow.export.params import ExportParams
 from classiflow.export.pipeline import Images, Source, export_model
-from classiflow.export.verify import check_int8
+from classiflow.export.verify import check_fp32, check_int8
 from classiflow.layout import Layout
 from classiflow.models import build_model
 from classiflow.stages import export as export_stage
@@ -179,3 +179,12 @@ def test_a_failed_check_leaves_no_export_behind(trained, monkeypatch):
 def test_exporting_without_a_trained_model_says_to_train(tmp_path):
     with pytest.raises(ClassiflowError, match="no trained model; run the train stage first"):
         export_stage.run(Layout.at(tmp_path), parse_params({}), ExportParams())
+
+
+def test_fp32_tolerance_scales_with_the_logits():
+    huge = np.array([[1.7e9, -9.6e8]], dtype=np.float32)
+    assert check_fp32("f", huge, huge + np.float32(128), 1e-4) == 128  # float32 rounding at 1e9
+    with pytest.raises(ClassiflowError, match=r"difference 2e\+06 .* x the largest logit 1\.7e\+09"):
+        check_fp32("f", huge, huge + np.float32(2e6), 1e-4)
+    with pytest.raises(ClassiflowError, match=r"difference 0\.001 .* export\.atol 0\.0001$"):
+        check_fp32("f", np.array([[0.5, 0.25]]), np.array([[0.501, 0.25]]), 1e-4)
