@@ -39,7 +39,11 @@ with tarfile.open(work / "shapes.tar.gz", "w:gz") as tf:
     tf.add(folder, arcname="shapes")
 PY
   SOURCE="$work/shapes.tar.gz"
-  EXTRA=', "train.epochs": 1, "data.image_size": 16'
+  # seconds, not minutes: one epoch, a one-point prune sweep, a few latency repeats; 24 test
+  # images make one flipped prediction 4 points, so the int8 gates are left to tests/test_export.py
+  EXTRA=', "train.epochs": 1, "data.image_size": 16, "prune.finetune_epochs": 1, "prune.sweep": [0.5]'
+  EXTRA+=', "prune.latency_repeats": 3, "export.calibration_images": 16, "export.latency_repeats": 3'
+  EXTRA+=', "export.throughput_batch": 8, "export.int8_max_accuracy_drop": 100, "export.int8_min_agreement": 0'
 fi
 SOURCE=$(realpath "$SOURCE")
 
@@ -67,5 +71,14 @@ work = Path(sys.argv[1])
 reg = json.loads((work / "run/reports/registration.json").read_text())
 client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
 v = client.get_model_version_by_alias(reg["model_name"], "challenger")
+parent = client.get_run(v.tags["pipeline_run_id"])
+assert parent.data.tags["classiflow.entry"] == "prefect", parent.data.tags
+exp = client.get_experiment_by_name("classiflow")
+children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+stages = {r.data.tags["classiflow.stage"]: r.info.status for r in children}
+expected = {"download", "prepare", "augment", "train", "evaluate", "prune", "export", "register", "baseline", "compare"}
+assert stages == dict.fromkeys(expected, "FINISHED"), stages
+assert (work / "run/reports/confusion_matrix.png").exists() and (work / "run/models/export/model.onnx").exists()
+print(f"prefect smoke: every stage FINISHED under one pipeline run {parent.info.run_id}")
 print(f"prefect smoke: OK, {reg['model_name']} v{v.version} @challenger, test accuracy {v.tags['test_accuracy']}")
 PY

@@ -36,6 +36,15 @@ def make_project(tmp: Path, **param_updates) -> Path:
     params["data"].update(source=str(archive), sha256=sha256_file(archive), image_size=16, val_fraction=0.2)
     params["train"].update(epochs=2, batch_size=16, lr=0.01, device="cpu")
     params["baseline"] = {"codebook_size": 32, "codebook_sample": 2000}
+    params["prune"].update(finetune_epochs=1, sweep=[0.5], latency_repeats=3)
+    # 24 test images: one flipped prediction is 4 points, so the int8 gates are checked by tests/test_export.py
+    params["export"].update(
+        calibration_images=16,
+        latency_repeats=3,
+        throughput_batch=8,
+        int8_max_accuracy_drop=100.0,
+        int8_min_agreement=0.0,
+    )
     for dotted, value in param_updates.items():
         section, key = dotted.split("__")
         params[section][key] = value

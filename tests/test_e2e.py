@@ -54,7 +54,7 @@ def first_repro(project) -> str:
     return _repro(project)
 
 
-STAGES = ("download", "prepare", "augment", "train", "evaluate", "register", "baseline", "compare")
+STAGES = ("download", "prepare", "augment", "train", "evaluate", "prune", "export", "register", "baseline", "compare")
 
 
 def test_dvc_repro_runs_every_stage_and_registers_a_challenger(project, first_repro):
@@ -77,6 +77,32 @@ def test_dvc_repro_runs_every_stage_and_registers_a_challenger(project, first_re
     assert parent.data.params["train.epochs"] == "2"
     assert parent.data.metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
     assert _runs(client, parent.info.run_id) == {s: "FINISHED" for s in STAGES}
+
+
+def test_registered_version_carries_verified_exports_and_a_model_card(project, first_repro):
+    import mlflow
+
+    exported = json.loads((project / "metrics/export.json").read_text())
+    for fmt in ("torchscript", "onnx", "onnx-int8-static", "onnx-int8-dynamic"):
+        assert fmt in exported["trained"] and fmt in exported["pruned"]
+    assert exported["trained"]["onnx"]["max_abs_diff"] <= 1e-4
+    pruned = json.loads((project / "metrics/prune.json").read_text())
+    assert pruned["method"] == "structured" and pruned["params_after"] < pruned["params_before"]
+    assert "| pruned | ONNX Runtime int8 static |" in (project / "reports/export.md").read_text()
+
+    client = _client(project)
+    version = client.get_model_version_by_alias("classiflow-shapes", "challenger")
+    latency = exported["trained"]["onnx"]["latency_ms_median"]
+    assert float(version.tags["latency_ms_batch1"]) == pytest.approx(latency, abs=1e-4)
+    assert version.description.startswith("# Model card: classiflow-shapes")
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/classiflow-shapes/{version.version}"))
+    extra = {p.name for p in (local / "extra_files").iterdir()}
+    assert {"model.onnx", "model.int8.onnx", "pruned.onnx", "preprocessing.json", "model_card.md"} <= extra
+    card = (local / "extra_files/model_card.md").read_text()
+    assert json.loads((project / "data/prepared/meta.json").read_text())["data_hash"] in card
+    predictions = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="evaluation/predictions.csv")
+    assert len(Path(predictions).read_text().splitlines()) == 1 + 24
 
 
 def test_baseline_and_comparison_sit_beside_the_cnn(project, first_repro):
@@ -106,55 +132,44 @@ def test_changing_epochs_reruns_train_and_after_only(project, first_repro):
     assert yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"] == 1
     for stage in ("download", "prepare", "augment", "baseline"):
         assert f"Running stage '{stage}'" not in out
-    for stage in ("train", "evaluate", "register", "compare"):
+    for stage in ("train", "evaluate", "prune", "export", "register", "compare"):
         assert f"Running stage '{stage}'" in out
     client = _client(project)
     record = json.loads((project / "records/register.json").read_text())
     parent = client.get_run(record["pipeline_run_id"])
     assert parent.data.params["train.epochs"] == "1"
-    assert _runs(client, parent.info.run_id) == {s: "FINISHED" for s in ("train", "evaluate", "register", "compare")}
+    rerun = ("train", "evaluate", "prune", "export", "register", "compare")
+    assert _runs(client, parent.info.run_id) == {s: "FINISHED" for s in rerun}
     assert str(client.get_model_version_by_alias("classiflow-shapes", "challenger").version) == "2"
 
 
-def test_promote_moves_champion_only_when_not_worse(project, first_repro):
-    def promote(*args):
+def test_promote_gate_dry_run_and_rollback(project, first_repro):
+    def cli(*args):
         return subprocess.run(
-            ["classiflow", "promote", *args], cwd=project, env=_env(), capture_output=True, text=True, timeout=300
+            ["classiflow", *args], cwd=project, env=_env(), capture_output=True, text=True, timeout=300
         )
 
-    first = promote("--version", "1")
+    def champion() -> str:
+        return str(client.get_model_version_by_alias("classiflow-shapes", "champion").version)
+
+    client = _client(project)
+    first = cli("promote", "--version", "1")
     assert first.returncode == 0, first.stderr
-    assert "promoted classiflow-shapes version 1" in first.stdout
-    client = _client(project)
-    v1 = float(client.get_model_version("classiflow-shapes", "1").tags["test_accuracy"])
-    v2 = float(client.get_model_version("classiflow-shapes", "2").tags["test_accuracy"])
-    second = promote()
-    assert (second.returncode == 0) == (v2 >= v1), second.stdout
-    expected = "2" if v2 >= v1 else "1"
-    assert str(client.get_model_version_by_alias("classiflow-shapes", "champion").version) == expected
-    other = "1" if expected == "2" else "2"
-    forced = promote("--version", other, "--force")
-    assert forced.returncode == 0 and "forced" in forced.stdout
-    assert str(client.get_model_version_by_alias("classiflow-shapes", "champion").version) == other
-    again = promote("--version", other)
-    assert again.returncode == 0 and "already is the champion" in again.stdout
-
-
-def test_prefect_flow_runs_the_same_tasks(project, first_repro, tmp_path, monkeypatch):
-    from prefect.testing.utilities import prefect_test_harness
-
-    monkeypatch.chdir(project)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
-    from flows.train import train_flow
-
-    with prefect_test_harness(server_startup_timeout=120):
-        result = train_flow(overrides={"train.epochs": 1}, workdir=str(tmp_path / "flowrun"))
-    dvc_meta = json.loads((project / "data/prepared/meta.json").read_text())
-    assert result["data_hash"] == dvc_meta["data_hash"]
-    client = _client(project)
-    parent = client.get_run(result["pipeline_run_id"])
-    assert parent.data.tags["classiflow.entry"] == "prefect"
-    assert _runs(client, result["pipeline_run_id"]) == {s: "FINISHED" for s in STAGES}
-    assert str(client.get_model_version_by_alias("classiflow-shapes", "challenger").version) == result["version"]
-    assert (tmp_path / "flowrun/reports/confusion_matrix.png").exists()
+    assert "promoted classiflow-shapes version 1" in first.stdout and champion() == "1"
+    dry = cli("promote", "--dry-run")
+    assert dry.returncode in (0, 3) and "dry run: would" in dry.stdout and "McNemar p=" in dry.stdout
+    assert champion() == "1"
+    gate = cli("promote")
+    assert (gate.returncode == 0) == (champion() == "2"), gate.stdout + gate.stderr
+    if champion() != "2":
+        assert cli("promote", "--version", "2", "--force").returncode == 0 and champion() == "2"
+    assert "already is the champion" in cli("promote", "--version", "2").stdout
+    back = cli("rollback")
+    assert back.returncode == 0 and "from version 2 to 1" in back.stdout and champion() == "1"
+    events = [
+        json.loads(v)
+        for k, v in client.get_registered_model("classiflow-shapes").tags.items()
+        if k.startswith("classiflow.promotion.")
+    ]
+    assert [e["action"] for e in sorted(events, key=lambda e: e["time"])][-1] == "rollback"
+    assert client.get_model_version("classiflow-shapes", "1").tags["promotion.decision"] == "restored by rollback"
