@@ -11,7 +11,7 @@ export DO_NOT_TRACK=1 MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENA
 work=$(mktemp -d)
 port=${PORT:-4299}
 export PREFECT_HOME="$work/prefect" PREFECT_API_URL="http://127.0.0.1:$port/api"
-export MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db"
+export MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db" MLFLOW_REGISTRY_URI="sqlite:///$work/mlflow.db"
 pids=()
 cleanup() {
   # worker first (it retries a vanished server for minutes), then the server; SIGKILL what

@@ -15,6 +15,20 @@ sys.path.insert(0, str(REPO))
 from tests.imagegen import write_image_folder  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_env_restored():
+    """mlflow.set_tracking_uri/set_registry_uri also export MLFLOW_*_URI: without this, a temp store of one
+    test leaked into every later subprocess (a pipeline run then registered in one store and was read from another)."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "shapes", per_class=20)

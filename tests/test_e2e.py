@@ -19,7 +19,11 @@ BIN = Path(sys.executable).parent
 
 
 def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_URI", "PREFECT_API_URL"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL"))
+    }
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     return env
 
@@ -96,6 +100,7 @@ def test_registered_version_carries_verified_exports_and_a_model_card(project, f
     assert float(version.tags["latency_ms_batch1"]) == pytest.approx(latency, abs=1e-4)
     assert version.description.startswith("# Model card: classiflow-shapes")
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{project / 'mlflow.db'}")
     local = Path(mlflow.artifacts.download_artifacts(f"models:/classiflow-shapes/{version.version}"))
     extra = {p.name for p in (local / "extra_files").iterdir()}
     assert {"model.onnx", "model.int8.onnx", "pruned.onnx", "preprocessing.json", "model_card.md"} <= extra

@@ -11,7 +11,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_deployment_run_completes_against_a_local_server():
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "SOURCE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "SOURCE")
+    }
     done = subprocess.run(
         ["bash", "scripts/prefect_smoke.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
     )
