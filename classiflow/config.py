@@ -113,6 +113,23 @@ class TrackingParams(_Section):
     experiment: str = Field("classiflow", min_length=1)
 
 
+class ServeParams(_Section):
+    """`classiflow serve`: where it listens, which model, micro-batching and the limits on what clients send."""
+
+    host: str = Field("127.0.0.1", min_length=1)  # 0.0.0.0 only behind a proxy or with a token
+    port: int = Field(8000, ge=1, le=65535)
+    model: str | None = None  # models:/<name>@<alias>, models:/<name>/<version>, <name>@<alias> or a directory
+    top_k: int = Field(5, ge=1, le=1000)
+    max_batch: int = Field(32, ge=1, le=4096)  # images per model call
+    max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0)  # how long a batch waits for more requests
+    poll_seconds: float = Field(0.0, ge=0.0)  # > 0: reload when the alias moves; 0: only POST /reload
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_batch_images: int = Field(64, ge=1, le=4096)
+    max_pixels: int = Field(50_000_000, ge=1, le=64_000_000)  # per decoded image; refuses decompression bombs
+    threads: int | None = Field(None, ge=1)  # ONNX Runtime intra-op threads; null: its default (every core)
+    prefer: Literal["onnx", "torchscript"] = "onnx"
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
@@ -125,6 +142,7 @@ class Params(_Section):
     promote: PromoteParams = PromoteParams()
     baseline: BaselineParams = BaselineParams()
     tracking: TrackingParams = TrackingParams()
+    serve: ServeParams = ServeParams()
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys, the shape MLflow params and ``dvc exp run -S`` use."""

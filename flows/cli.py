@@ -212,6 +212,13 @@ def recipe(name: Annotated[str, typer.Argument(help="Recipe name, e.g. fast.")])
     print(" ".join(shlex.quote(a) for a in dvc_set_args(load_recipe(name))))
 
 
+# serve and predict live in flows/cli_serving.py (the slim serving image's whole CLI path)
+from flows.cli_serving import predict, serve  # noqa: E402
+
+app.command()(_user_errors(predict))
+app.command()(_user_errors(serve))
+
+
 def _parse_set(values: list[str]) -> dict[str, Any]:
     out = {}
     for item in values:

@@ -60,7 +60,7 @@ def test_champion_alias_is_reserved_for_promote():
 def test_flat_has_every_section():
     sections = {k.split(".")[0] for k in Params().flat()}
     expected = {"data", "model", "augment", "train", "evaluate", "prune", "export", "register", "promote"}
-    assert sections == expected | {"baseline", "tracking"}
+    assert sections == expected | {"baseline", "tracking", "serve"}
 
 
 @pytest.mark.parametrize(

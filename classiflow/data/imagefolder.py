@@ -24,6 +24,10 @@ SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "va
 MAX_PIXELS = 64_000_000
 
 
+class TooManyPixels(ValueError):
+    """The header declares more pixels than the limit: refused before decoding."""
+
+
 @dataclass
 class Samples:
     paths: list[Path]
@@ -100,22 +104,43 @@ def scan(root: Path) -> Tree:
     return Tree(classes, splits)
 
 
+def decode_pil(img: Image.Image, size: int, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, bool]:
+    """An opened image -> ``size``x``size`` RGB uint8 and whether it had one channel.
+
+    Shared by training (``decode_image``) and serving (``classiflow.serving.images``) so that a served image
+    gets exactly the pixels training would have seen. The pixel count is checked before ``load``: the header
+    alone says how big the decoded image would be. Raises ``TooManyPixels``, another ``ValueError`` or PIL's own
+    errors.
+    """
+    if img.width * img.height > max_pixels:
+        raise TooManyPixels(f"{img.width}x{img.height} pixels is over the {max_pixels} limit")
+    img.load()
+    gray = img.mode in GRAY_MODES
+    if img.mode in ("I", "I;16", "F"):
+        wide = np.asarray(img, dtype=np.float64)
+        scale = 257.0 if wide.max() > 255 else 1.0
+        img = Image.fromarray((wide / scale).clip(0, 255).astype(np.uint8))
+    rgb = img.convert("RGB")
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(rgb, dtype=np.uint8), gray
+
+
+def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """N,H,W,C uint8 -> N,H,W,``channels``: ITU-R 601 luminance for one channel, repetition for three."""
+    if images.shape[-1] == channels:
+        return images
+    if channels == 1:
+        weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return (images.astype(np.float32) @ weights).round().clip(0, 255).astype(np.uint8)[..., None]
+    return np.repeat(images, 3, axis=-1)
+
+
 def decode_image(path: Path, size: int) -> tuple[np.ndarray, bool]:
     """Decode one image to ``size``x``size`` RGB uint8; raise ``ValueError`` if it is no image."""
     try:
         with Image.open(path, formats=ALLOWED_FORMATS) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise ValueError(f"{img.width}x{img.height} pixels is over the {MAX_PIXELS} limit")
-            img.load()
-            gray = img.mode in GRAY_MODES
-            if img.mode in ("I", "I;16", "F"):
-                wide = np.asarray(img, dtype=np.float64)
-                scale = 257.0 if wide.max() > 255 else 1.0
-                img = Image.fromarray((wide / scale).clip(0, 255).astype(np.uint8))
-            rgb = img.convert("RGB")
-            if rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-            return np.asarray(rgb, dtype=np.uint8), gray
+            return decode_pil(img, size)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(str(err) or type(err).__name__) from None
 

@@ -83,15 +83,6 @@ def _load_tree(root: Path, size: int, strict: bool) -> tuple[list[str], dict[str
     return tree.classes, splits, all_gray, skipped
 
 
-def _to_channels(images: np.ndarray, channels: int) -> np.ndarray:
-    if images.shape[-1] == channels:
-        return images
-    if channels == 1:
-        weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        return (images.astype(np.float32) @ weights).round().clip(0, 255).astype(np.uint8)[..., None]
-    return np.repeat(images, 3, axis=-1)
-
-
 def _stratified(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, what: str):
     counts = np.bincount(labels)
     n_hold = int(round(len(labels) * fraction))
@@ -161,7 +152,7 @@ def prepare(raw_dir: Path, out_dir: Path, params: DataParams) -> dict:
             archive.extract(raw_dir / manifest["path"], Path(tmp))
             classes, splits, gray, skipped = _load_tree(Path(tmp), size, params.strict)
     channels = params.channels if params.channels != "auto" else (1 if gray else 3)
-    splits = {k: (_to_channels(x, channels), y) for k, (x, y) in splits.items()}
+    splits = {k: (imagefolder.to_channels(x, channels), y) for k, (x, y) in splits.items()}
     splits = _split(splits, params)
     mean, std = channel_stats(splits["train"][0])
     meta = {
