@@ -10,7 +10,8 @@ export PATH := $(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-# Every stage is a fresh process importing torch, MLflow and Prefect: let Python cache bytecode.
+# Every stage is a fresh process importing torch, MLflow and Prefect: let Python cache bytecode
+# (on first import, which is why pip skips compiling all of site-packages: --no-compile).
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install run test test-fast lint plots ui prefect-server prefect-deploy prefect-worker prefect-smoke benchmark clean
@@ -19,9 +20,9 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-compile --upgrade pip
+	$(BIN)/python -m pip install --quiet --no-compile torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
 	touch $(STAMP)
 
 # make run SET="data.source=path/to/archive.tar.gz train.epochs=2" runs `dvc exp run -S ...`;
