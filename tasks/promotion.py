@@ -288,8 +288,3 @@ def rollback(params: Params, name: str, dry_run: bool = False) -> Outcome:
         client.set_model_version_tag(name, version, "promotion.reason", reason)
         client.set_model_version_tag(name, version, "promotion.time", time)
     return Outcome(name, "rollback", target, current, target)
-
-
-def promotion_history(params: Params, name: str) -> list[dict]:
-    setup(params)
-    return history(MlflowClient(), name)

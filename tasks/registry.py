@@ -19,6 +19,7 @@ from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
 from classiflow.model_card import model_card
 from classiflow.tensors import WithPreprocessing
+from tasks.promotion import LATENCY_TAG, PREDICTIONS
 from tasks.tracking import git_commit, log_to_pipeline, run_logger, stage_run
 
 DESCRIPTION_LIMIT = 4000
@@ -48,7 +49,7 @@ def _version_tags(ckpt: dict, metrics: dict, exported: dict, pruned: dict, pipel
     }
     trained = exported.get("trained", {})
     if "onnx" in trained:
-        tags["latency_ms_batch1"] = f"{trained['onnx']['latency_ms_median']:.4f}"
+        tags[LATENCY_TAG] = f"{trained['onnx']['latency_ms_median']:.4f}"
     for fmt in ("onnx-int8-static", "onnx-int8-dynamic"):
         if fmt in trained:
             tags[f"{fmt}_test_accuracy"] = f"{trained[fmt]['accuracy']:.6f}"
@@ -87,7 +88,7 @@ def register(root: str, params: Params, pipeline_run_id: str | None = None) -> d
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
         )
         mlflow.log_artifact(str(layout.model), "checkpoint")
-        mlflow.log_artifact(str(layout.predictions), "evaluation")
+        mlflow.log_artifact(str(layout.predictions), PREDICTIONS.rpartition("/")[0])  # where promote reads it
         mlflow.log_artifact(str(layout.model_card))
         version = str(info.registered_model_version)
         client = MlflowClient()
