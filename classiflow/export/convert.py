@@ -28,9 +28,12 @@ MAX_BATCH = 65_536
 
 @contextlib.contextmanager
 def quiet_jit() -> Iterator[None]:
-    """TorchScript is deprecated in favour of torch.export, and every jit call says so; we know."""
+    """TorchScript is deprecated in favour of torch.export, and every jit call says so; we know. A trace also
+    warns where shapes become constants (fastnet's pooling): the image size is fixed, and the traced file is
+    checked on one and on several images before it is kept."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         yield
 
 

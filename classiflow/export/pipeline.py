@@ -1,12 +1,15 @@
 """Export one model to every configured format, checking each file before timing it.
 
 Files are written straight into the directory given, which the stage makes a temporary sibling of
-``models/export``: a check that fails raises before anything is renamed into place, so no file from a
-failed run is ever left where a deployment would look.
+``models/export`` and renames into place only at the end. A file that fails its check is deleted there
+and reported as rejected, with the reason and whatever was measured, so it is never shipped, registered or
+served; only a required file (the trained model's fp32 ONNX, which serving runs) or ``export.strict``
+turns a failed check into a failed stage.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +21,9 @@ from classiflow.export import runtime
 from classiflow.export.convert import example_input, to_onnx, to_torchscript
 from classiflow.export.params import ExportParams
 from classiflow.export.quantize import quantize_dynamic, quantize_static
-from classiflow.export.verify import accuracy, check_fp32, check_int8
+from classiflow.export.verify import Int8CheckFailed, accuracy, check_fp32, check_int8
 
+log = logging.getLogger("classiflow.export")
 SINGLE_CHECK = 4  # images re-run one at a time: a batch size baked into the file fails here, not in production
 
 
@@ -34,6 +38,9 @@ class Source:
     @property
     def stem(self) -> str:
         return "model" if self.label == "trained" else self.label
+
+    def required(self, fmt: str) -> bool:
+        return self.label == "trained" and fmt == "onnx"
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,15 @@ def _check(
     if singles.shape != out[:SINGLE_CHECK].shape:
         raise ClassiflowError(f"{name}: one image at a time gives logits of shape {singles.shape[1:]}")
     if int8:
-        return check_int8(name, reference, out, images.labels, params.int8_max_accuracy_drop, params.int8_min_agreement)
+        return check_int8(
+            name,
+            reference,
+            out,
+            images.labels,
+            params.int8_max_accuracy_drop,
+            params.int8_min_agreement,
+            params.int8_tie_margin,
+        )
     diff = check_fp32(name, reference, out, params.atol)
     diff = max(diff, check_fp32(name, reference[:SINGLE_CHECK], singles, params.atol))
     return {"accuracy": accuracy(out, images.labels), "max_abs_diff": diff}
@@ -88,6 +103,8 @@ def _predictor(fmt: str, path: Path, threads: int) -> runtime.Predict:
 
 def _write(fmt: str, source: Source, out_dir: Path, names: dict[str, str], images: Images, opset: int) -> None:
     path = out_dir / names[fmt]
+    if fmt.startswith("onnx-int8") and not (out_dir / names["onnx"]).exists():
+        raise ClassiflowError(f"{path.name}: not made, since {names['onnx']} was rejected")
     if fmt in ("torchscript", "onnx"):
         example = example_input(images.test.shape[3], images.test.shape[1])
         if fmt == "torchscript":
@@ -108,15 +125,30 @@ def export_model(source: Source, out_dir: Path, params: ExportParams, images: Im
         predict = runtime.eager(source.module)
         reference = runtime.logits(predict, images.test, params.throughput_batch)
         base = runtime.measure(predict, images.test, params.latency_repeats, params.throughput_batch)
-        rows.append(_row(source, "pytorch", source.path, {"accuracy": accuracy(reference, images.labels)}, base, base))
+        checks = {"accuracy": accuracy(reference, images.labels), "status": "reference"}
+        rows.append(_row(source, "pytorch", source.path, checks, base, base))
         for fmt, file_name in names.items():
             path = out_dir / file_name
-            _write(fmt, source, out_dir, names, images, params.opset)
-            predict = _predictor(fmt, path, threads)
-            checks = _check(file_name, predict, reference, images, params, int8=fmt.startswith("onnx-int8"))
+            try:
+                _write(fmt, source, out_dir, names, images, params.opset)
+                predict = _predictor(fmt, path, threads)
+                checks = _check(file_name, predict, reference, images, params, int8=fmt.startswith("onnx-int8"))
+            except ClassiflowError as err:
+                if params.strict or source.required(fmt):
+                    raise
+                path.unlink(missing_ok=True)
+                rows.append(_rejected(source, fmt, file_name, err))
+                continue
             timing = runtime.measure(predict, images.test, params.latency_repeats, params.throughput_batch)
-            rows.append(_row(source, fmt, path, checks, timing, base))
+            rows.append(_row(source, fmt, path, {**checks, "status": "verified"}, timing, base))
     return rows
+
+
+def _rejected(source: Source, fmt: str, file_name: str, err: ClassiflowError) -> dict:
+    log.warning("export: left out %s (export.strict: true fails the stage instead)", err)
+    measured = err.measured if isinstance(err, Int8CheckFailed) else {}
+    row = {"model": source.label, "format": fmt, "file": file_name, "status": "rejected", "reason": str(err)}
+    return row | measured
 
 
 def _row(source: Source, fmt: str, path: Path, checks: dict, timing: dict, base: dict) -> dict:

@@ -16,11 +16,41 @@ def _size(n: int) -> str:
 
 
 def _check(row: dict) -> str:
-    if "agreement" in row:
-        return f"agreement {100 * row['agreement']:.2f}%"
+    verdict = "**rejected**: " if row.get("status") == "rejected" else ""
+    if "decided_agreement" in row:
+        return (
+            f"{verdict}agreement {100 * row['decided_agreement']:.2f}% of {row['decided_images']} decided images "
+            f"({100 * row['agreement']:.2f}% of all)"
+        )
     if "max_abs_diff" in row:
-        return f"max abs diff {row['max_abs_diff']:.2g}"
-    return "reference"
+        return f"{verdict}max abs diff {row['max_abs_diff']:.2g}"
+    return "**rejected**" if verdict else "reference"
+
+
+def _number(row: dict, key: str, fmt: str, scale: float = 1.0) -> str:
+    return format(scale * row[key], fmt) if key in row else "-"
+
+
+def _line(r: dict) -> str:
+    size = _size(r["bytes"]) if "bytes" in r else "-"
+    speedup = f"{r['speedup_latency']:.2f}x / {r['speedup_throughput']:.2f}x" if "speedup_latency" in r else "-"
+    accuracy = _number(r, "accuracy", ".2f", 100.0)
+    return (
+        f"| {r['model']} | {FORMAT_NAMES.get(r['format'], r['format'])} | `{r['file']}` | {size} "
+        f"| {accuracy if accuracy == '-' else accuracy + '%'} | {_check(r)} | {_number(r, 'latency_ms_median', '.3f')} "
+        f"| {_number(r, 'latency_ms_p99', '.3f')} | {_number(r, 'images_per_second', '.0f')} | {speedup} |"
+    )
+
+
+def rejected(export: dict) -> dict[str, str]:
+    """File name -> why it was left out, from ``metrics/export.json``."""
+    return {
+        row["file"]: row["reason"]
+        for formats in export.values()
+        if isinstance(formats, dict)
+        for row in formats.values()
+        if row.get("status") == "rejected"
+    }
 
 
 def markdown(rows: list[dict], threads: int, batch: int, test_images: int) -> str:
@@ -29,18 +59,18 @@ def markdown(rows: list[dict], threads: int, batch: int, test_images: int) -> st
         "",
         f"Checked on {test_images} test images; timed on the CPU with {threads} thread(s) for every runtime, "
         f"batch-1 latency after warm-up and throughput at batch {batch}. Speed-up is against eager PyTorch "
-        "(batch-1 latency / throughput).",
+        "(batch-1 latency / throughput). int8 agreement counts the images PyTorch decides (its top two "
+        "classes at least export.int8_tie_margin apart in probability).",
         "",
         f"| model | format | file | size | test accuracy | check | batch-1 median ms | batch-1 p99 ms "
         f"| batch-{batch} img/s | speed-up |",
         "|---|---|---|---:|---:|---|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {FORMAT_NAMES.get(r['format'], r['format'])} | `{r['file']}` | {_size(r['bytes'])} "
-            f"| {100 * r['accuracy']:.2f}% | {_check(r)} | {r['latency_ms_median']:.3f} | {r['latency_ms_p99']:.3f} "
-            f"| {r['images_per_second']:.0f} | {r['speedup_latency']:.2f}x / {r['speedup_throughput']:.2f}x |"
-        )
+    lines += [_line(r) for r in rows]
+    left_out = [r for r in rows if r.get("status") == "rejected"]
+    if left_out:
+        lines += ["", "## Left out (not shipped, registered or served)", ""]
+        lines += [f"- `{r['file']}`: {r['reason']}" for r in left_out]
     return "\n".join(lines) + "\n"
 
 
