@@ -50,7 +50,7 @@ def rate(fn: Callable[[torch.Tensor], object], x: torch.Tensor, batch_size: int,
 
 
 def policy_fn(**fields) -> Callable[[torch.Tensor], torch.Tensor]:
-    augment = build_augment(AugmentParams(**fields), 10, channels=3, image_size=32)
+    augment = build_augment(AugmentParams(**{"flip": True, **fields}), 10, channels=3, image_size=32)
     generator = torch.Generator().manual_seed(0)
     return lambda xb: augment.images(xb, generator)
 

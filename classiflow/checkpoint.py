@@ -63,3 +63,9 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, payload
+
+
+def trained_with_flip(payload: dict[str, Any]) -> bool:
+    """Whether the train stage fed the model horizontally mirrored images (the resolved policy it stored)."""
+    augment = payload.get("augment") or {}
+    return augment.get("policy") == "custom" and augment.get("flip") is True

@@ -41,7 +41,7 @@ PY
   SOURCE="$work/shapes.tar.gz"
   # seconds, not minutes: one epoch, a one-point prune sweep, a few latency repeats; 24 test
   # images make one flipped prediction 4 points, so the int8 gates are left to tests/test_export.py
-  EXTRA=', "train.epochs": 1, "data.image_size": 16, "prune.finetune_epochs": 1, "prune.sweep": [0.5]'
+  EXTRA=', "train.epochs": 1, "train.min_steps": 0, "data.image_size": 16, "prune.finetune_epochs": 1, "prune.sweep": [0.5]'
   EXTRA+=', "prune.latency_repeats": 3, "export.calibration_images": 16, "export.latency_repeats": 3'
   EXTRA+=', "export.throughput_batch": 8, "export.int8_max_accuracy_drop": 100, "export.int8_min_agreement": 0'
 fi

@@ -18,6 +18,8 @@ def augment(root: str, params: Params, pipeline_run_id: str | None = None) -> di
         summary = augment_stage.run(layout, params)
         mlflow.log_params({k: v for k, v in params.flat().items() if k.startswith("augment.")})
         mlflow.log_metric("augment_images_per_second", summary["images_per_second"])
+        mlflow.log_param("augment.flip_resolved", summary["flip"]["flip"])
+        mlflow.set_tag("augment.flip_reason", summary["flip"]["reason"])
         mlflow.log_artifact(str(layout.augment_policy))
         mlflow.log_artifact(str(layout.augment_preview))
     transforms = ", ".join(summary["transforms"]) or "none"

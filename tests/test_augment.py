@@ -13,12 +13,13 @@ from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
 from classiflow.stages import augment as augment_stage
 
-OFF = {"flip": False, "translate": 0}  # the defaults turn flip and translate on
+OFF = {"flip": False, "translate": 0}
 FULL = {"rotation": 15, "color_jitter": 0.4, "auto": "trivial", "erasing": 0.5}
 
 
 def policy(num_classes: int = 10, **fields) -> BatchAugment:
-    return build_augment(AugmentParams(**fields), num_classes)
+    """Flip on unless ``fields`` says otherwise (the default, auto, is for the augment stage to decide)."""
+    return build_augment(AugmentParams(**{"flip": True, **fields}), num_classes)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -168,7 +169,7 @@ def test_mix_none_keeps_class_indices():
 
 
 def test_grayscale_full_policy():
-    aug = build_augment(AugmentParams(**{**FULL, "auto": "randaugment"}), 10, channels=1, image_size=28)
+    aug = build_augment(AugmentParams(**{**FULL, "auto": "randaugment", "flip": True}), 10, channels=1, image_size=28)
     assert "saturation" not in " ".join(aug.describe())
     x = batch(c=1, size=28)
     out = aug.images(x, gen())
@@ -197,7 +198,9 @@ def test_bad_configuration_is_a_user_error():
     with pytest.raises(ClassiflowError, match="translate"):
         policy(translate=16).images(batch(size=16), gen())
     with pytest.raises(ClassiflowError, match="channel"):
-        build_augment(AugmentParams(), 10, channels=3).images(batch(c=1), gen())
+        build_augment(AugmentParams(flip=True), 10, channels=3).images(batch(c=1), gen())
+    with pytest.raises(ClassiflowError, match="flip auto is decided by the augment stage"):
+        build_augment(AugmentParams(), 10)
     aug = policy(mix="mixup")
     with pytest.raises(ClassiflowError, match="float"):
         aug.mix(batch(n=4), torch.arange(4), gen())
@@ -227,6 +230,8 @@ def write_prepared(root, n=40, size=16, channels=3, classes=("cat", "dog", "frog
     labels = (np.arange(n) % len(classes)).astype(np.int64)
     np.save(out / "train_images.npy", images)
     np.save(out / "train_labels.npy", labels)
+    np.save(out / "val_images.npy", images[: n // 4])
+    np.save(out / "val_labels.npy", labels[: n // 4])
     write_json(
         out / "meta.json",
         {
@@ -239,7 +244,7 @@ def write_prepared(root, n=40, size=16, channels=3, classes=("cat", "dog", "frog
             "image_size": size,
             "mean": [0.5] * channels,
             "std": [0.25] * channels,
-            "sizes": {"train": n, "val": 0, "test": 0},
+            "sizes": {"train": n, "val": n // 4, "test": 0},
             "class_counts": {"train": np.bincount(labels, minlength=len(classes)).tolist()},
             "skipped_count": 0,
             "skipped": [],

@@ -119,6 +119,7 @@ def test_train_stage_is_reproducible_whatever_the_global_rng(tmp_path):
     from classiflow.data.download import download
     from classiflow.data.prepare import prepare
     from classiflow.layout import Layout
+    from classiflow.stages import augment as augment_stage
     from classiflow.stages import train as train_stage
     from tests.imagegen import write_image_folder
 
@@ -128,6 +129,8 @@ def test_train_stage_is_reproducible_whatever_the_global_rng(tmp_path):
     prepare(a.raw, a.prepared, DataParams(image_size=16, val_fraction=0.2))
     shutil.copytree(a.prepared, b.prepared)
     params = Params.model_validate({"train": {"epochs": 1, "batch_size": 8, "device": "cpu"}})
+    augment_stage.run(a, params)
+    augment_stage.run(b, params)
     torch.manual_seed(1)
     train_stage.run(a, params)
     torch.manual_seed(2)

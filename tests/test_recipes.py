@@ -85,7 +85,8 @@ def gray28(tmp_path_factory):
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_trains_on_grayscale_28x28_unchanged(gray28, name):
     """Only the length of the run is cut for the test; model, augmentation and optimiser are the recipe's."""
-    params = parse_params({}, overrides=load_recipe(name, REPO) | {"train.epochs": 1, "train.device": "cpu"})
+    short = {"train.epochs": 1, "train.min_steps": 0, "train.device": "cpu"}
+    params = parse_params({}, overrides=load_recipe(name, REPO) | short)
     augment_stage.run(gray28, params)
     summary = train_stage.run(gray28, params)
     assert summary["epochs_run"] == 1 and summary["parameters"] > 0
@@ -108,7 +109,9 @@ def test_every_recipe_trains_on_grayscale_28x28_unchanged(gray28, name):
 )
 def test_every_model_trains_through_the_stages(gray28, model):
     overrides = load_recipe("quick", REPO) | {"model.width": None} | model
-    params = parse_params({}, overrides=overrides | {"train.epochs": 1, "train.batch_size": 16, "train.device": "cpu"})
+    short = {"train.epochs": 1, "train.min_steps": 0, "train.batch_size": 16, "train.device": "cpu"}
+    params = parse_params({}, overrides=overrides | short)
+    augment_stage.run(gray28, params)
     summary = train_stage.run(gray28, params)
     assert summary["epochs_run"] == 1
     metrics = evaluate_stage.run(gray28, params)

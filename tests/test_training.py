@@ -16,6 +16,7 @@ from classiflow.data.prepare import prepare
 from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
 from classiflow.models import build_model
+from classiflow.stages import augment as augment_stage
 from classiflow.stages import train as train_stage
 from classiflow.training import autocast, fit
 from classiflow.training.optim import lr_factor, make_optimizer
@@ -83,6 +84,15 @@ def test_early_stopping_stops_after_patience():
     assert len(result.history) - result.best_epoch == 2
 
 
+def test_min_steps_runs_more_epochs_on_small_data():
+    from classiflow.training.loop import planned_epochs
+
+    assert planned_epochs(TrainParams(epochs=2, min_steps=150), steps_per_epoch=87) == 2  # CIFAR-10 at batch 512
+    assert planned_epochs(TrainParams(epochs=2, min_steps=150), steps_per_epoch=7) == 22  # 3,600 images
+    _, result = _fit(epochs=1, min_steps=25, batch_size=16, lr=0.05)
+    assert len(result.history) == 3  # 160 training images: 10 steps an epoch
+
+
 def test_bf16_autocast_and_channels_last_train_on_cpu():
     _, result = _fit(epochs=2, batch_size=16, lr=0.05, precision="bf16", channels_last=True)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
@@ -98,6 +108,7 @@ def _project(tmp_path, name="a"):
     layout = Layout.at(tmp_path / name)
     download(str(folder), layout.raw)
     prepare(layout.raw, layout.prepared, DataParams(image_size=32, val_fraction=0.2))
+    augment_stage.run(layout, parse_params(RESUME_PARAMS))
     return layout
 
 
@@ -113,6 +124,7 @@ def test_killed_train_stage_resumes_to_the_same_weights(tmp_path):
     killed = _project(tmp_path, "killed")
     straight = Layout.at(tmp_path / "straight")
     shutil.copytree(killed.prepared, straight.prepared)
+    shutil.copytree(killed.augmented, straight.augmented)
     params = parse_params(RESUME_PARAMS)
     code = (
         "import json, sys; from classiflow.config import parse_params; from classiflow.layout import Layout;"

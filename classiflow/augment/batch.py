@@ -305,6 +305,8 @@ def build_augment(
         )
     if cfg.policy == "none":
         return BatchAugment(num_classes=num_classes, channels=channels, image_size=image_size)
+    if cfg.flip == "auto":
+        raise ClassiflowError("augment.flip auto is decided by the augment stage; build from its resolved policy")
     return BatchAugment(
         num_classes=num_classes,
         flip=cfg.flip,

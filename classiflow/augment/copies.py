@@ -1,4 +1,5 @@
-"""Materialised augmented copies of the train split: file names, per-copy seeds, and loading."""
+"""What the augment stage leaves for training: the resolved policy, and materialised augmented copies of the
+train split (file names, per-copy seeds, loading)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from classiflow.atomic import read_json
+from classiflow.config import AugmentParams
 from classiflow.errors import ClassiflowError
 
 POLICY_FILE = "policy.json"
@@ -19,6 +21,26 @@ def copy_files(k: int) -> tuple[str, str]:
 def copy_seed(seed: int, k: int) -> int:
     """The generator seed of copy ``k``: independent streams for each (augment.seed, k)."""
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32 & 0xFFFFFFFF, k]).generate_state(1, np.uint64)[0])
+
+
+def load_policy(augmented_dir: str | Path, requested: AugmentParams, data_hash: str) -> AugmentParams:
+    """The augment stage's resolved settings (``flip: auto`` decided), checked against ``requested``.
+
+    Every key but a resolved ``flip`` must equal the params: a policy written for other settings or other
+    data is refused rather than silently trained with.
+    """
+    path = Path(augmented_dir) / POLICY_FILE
+    if not path.exists():
+        raise ClassiflowError(f"{augmented_dir}: no {POLICY_FILE}; run the augment stage first")
+    try:
+        policy = read_json(path)
+        resolved = AugmentParams.model_validate(policy["params"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ClassiflowError(f"{path}: unreadable ({str(err).splitlines()[0]}); rerun the augment stage") from None
+    same = resolved.model_dump(exclude={"flip"}) == requested.model_dump(exclude={"flip"})
+    if policy.get("data_hash") != data_hash or not same or requested.flip not in ("auto", resolved.flip):
+        raise ClassiflowError(f"{path} was written for other augment params or data; rerun the augment stage")
+    return resolved
 
 
 def load_copies(

@@ -1,5 +1,9 @@
 """Augment stage: resolve the augmentation policy, preview it, and optionally materialise copies.
 
+Resolving includes ``augment.flip: auto``, decided from the train and validation images
+(``classiflow.augment.flip``); ``policy.json`` holds the resolved settings, which the train and prune stages
+train with, and the decision with its numbers.
+
 Writes ``data/augmented`` as a whole (``policy.json`` plus, when ``augment.copies`` > 0,
 ``train_copy{k}_images.npy`` / ``train_copy{k}_labels.npy``) through a temporary directory,
 so a later stage never sees a half-written one, and ``reports/augment_preview.png``.
@@ -19,6 +23,7 @@ import torch
 from classiflow.atomic import atomic_dir, write_json
 from classiflow.augment.batch import BatchAugment, build_augment
 from classiflow.augment.copies import POLICY_FILE, copy_files, copy_seed
+from classiflow.augment.flip import resolve_flip
 from classiflow.augment.preview import write_preview
 from classiflow.config import Params
 from classiflow.data.prepared import load_prepared
@@ -54,8 +59,9 @@ def _augment_copy(augment: BatchAugment, x: torch.Tensor, seed: int, out: np.nda
 
 
 def run(layout: Layout, params: Params) -> dict:
-    cfg = params.augment
-    data = load_prepared(layout.prepared, ("train",))
+    data = load_prepared(layout.prepared, ("train", "val"))
+    cfg, flip = resolve_flip(params.augment, data)
+    log.info("augment: flip %s: %s", "on" if cfg.flip else "off", flip.reason)
     images, labels = data.images["train"], data.labels["train"]
     augment = build_augment(cfg, len(data.classes), channels=data.channels, image_size=data.image_size)
     transforms = augment.describe()
@@ -78,6 +84,7 @@ def run(layout: Layout, params: Params) -> dict:
     policy = {
         "format_version": FORMAT_VERSION,
         "params": cfg.model_dump(),
+        "flip": flip.as_dict(),
         "transforms": transforms,
         "mix": {
             "kind": augment.mix_kind,
@@ -110,6 +117,7 @@ def run(layout: Layout, params: Params) -> dict:
         write_json(tmp / POLICY_FILE, policy)
     return {
         "transforms": transforms,
+        "flip": flip.as_dict(),
         "copies": cfg.copies,
         "preview": str(layout.augment_preview),
         "policy": str(layout.augment_policy),

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from classiflow.atomic import write_json, write_text
-from classiflow.augment import build_augment, load_copies
+from classiflow.augment import build_augment, load_copies, load_policy
 from classiflow.checkpoint import model_spec, save_checkpoint
-from classiflow.config import Params
+from classiflow.config import AugmentParams, Params
 from classiflow.data.prepared import PreparedData, load_prepared
 from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
@@ -20,8 +20,7 @@ from classiflow.training.resume import fingerprint
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_second")
 
 
-def _inputs(layout: Layout, params: Params, data: PreparedData) -> Inputs:
-    aug = params.augment
+def _inputs(layout: Layout, aug: AugmentParams, data: PreparedData) -> Inputs:
     augment = build_augment(aug, len(data.classes), channels=data.channels, image_size=data.image_size)
     copies = []
     if aug.copies and not augment.is_identity:
@@ -39,9 +38,10 @@ def run(layout: Layout, params: Params, on_epoch_end: Callable[[dict], None] | N
     spec = model_spec(params.model, data.meta)
     seed_everything(params.train.seed)  # the initial weights too, not only the batch order
     model = build_model(**spec)
-    inputs = _inputs(layout, params, data)
+    augment = load_policy(layout.augmented, params.augment, data.data_hash)
+    inputs = _inputs(layout, augment, data)
     train_cfg = params.train.model_dump(exclude={"resume"})
-    key = fingerprint(spec, params.augment.model_dump(), train_cfg, data.data_hash)
+    key = fingerprint(spec, augment.model_dump(), train_cfg, data.data_hash)
     resume = Resume(layout.last_checkpoint, key, enabled=params.train.resume)
     result = fit(model, data, params.train, on_epoch_end, inputs, resume)
     save_checkpoint(
@@ -49,7 +49,12 @@ def run(layout: Layout, params: Params, on_epoch_end: Callable[[dict], None] | N
         model,
         spec,
         data.meta,
-        {"epoch": result.best_epoch, "val_accuracy": result.best_val_accuracy, "train": params.train.model_dump()},
+        {
+            "epoch": result.best_epoch,
+            "val_accuracy": result.best_val_accuracy,
+            "train": params.train.model_dump(),
+            "augment": augment.model_dump(),
+        },
     )
     layout.last_checkpoint.unlink(missing_ok=True)
     rows = [",".join(HISTORY_FIELDS)]

@@ -68,6 +68,11 @@ def evaluate_split(model, images, labels, normalizer, device, batch_size=1024) -
     return loss, (logits.argmax(1) == labels).float().mean().item()
 
 
+def planned_epochs(cfg: TrainParams, steps_per_epoch: int) -> int:
+    """``train.epochs``, or more when that is fewer than ``train.min_steps`` optimiser steps."""
+    return max(cfg.epochs, -(-cfg.min_steps // max(steps_per_epoch, 1)))
+
+
 def _cpu_state(model: nn.Module) -> dict:
     return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
 
@@ -99,6 +104,7 @@ def fit(
     n = len(y_train)
     batch_size = min(cfg.batch_size, n)
     steps_per_epoch = n // batch_size  # the last partial batch is dropped: BN needs > 1 sample
+    cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, steps_per_epoch)})
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     ema = make_ema(model, cfg.ema)
