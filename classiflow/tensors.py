@@ -24,7 +24,38 @@ class Normalizer(nn.Module):
         return (x.float() - self.mean) * self.inv_std
 
 
+def mirror_average(plain: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """Flip test-time augmentation: the mean of the logits of an image and of its horizontal mirror."""
+    return (plain + mirrored) / 2
+
+
 @torch.inference_mode()
+def predict_views(
+    model: nn.Module,
+    images: torch.Tensor,
+    normalizer: Normalizer,
+    device: torch.device,
+    batch_size: int = 512,
+    mirrored: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits of a whole N,C,H,W uint8 tensor, in order, on the CPU; with ``mirrored`` also those of
+    every image's horizontal mirror, so that plain and flip-TTA accuracy come from one pass."""
+    model.eval()
+    plain, flipped = [], []
+    for start in range(0, len(images), batch_size):
+        xb = normalizer(images[start : start + batch_size].to(device, non_blocking=True))
+        logits = model(with_mirrors(xb) if mirrored else xb).float().cpu()
+        plain.append(logits[: len(xb)])
+        flipped.append(logits[len(xb) :])
+    join = lambda outs: torch.cat(outs) if outs else torch.zeros(0)  # noqa: E731
+    return join(plain), join(flipped) if mirrored else None
+
+
+def with_mirrors(x: torch.Tensor) -> torch.Tensor:
+    """``x`` followed by its horizontal mirrors: both views in one batch, one copy of the network in an export."""
+    return torch.cat([x, x.flip(-1)])
+
+
 def predict_logits(
     model: nn.Module,
     images: torch.Tensor,
@@ -33,29 +64,27 @@ def predict_logits(
     batch_size: int = 512,
     tta: bool = False,
 ) -> torch.Tensor:
-    """Logits for a whole N,C,H,W uint8 tensor, in order, on the CPU.
-
-    With ``tta`` the logits of each image and its horizontal mirror are averaged: a free
-    accuracy gain for models trained with flips.
-    """
-    model.eval()
-    outs = []
-    for start in range(0, len(images), batch_size):
-        xb = normalizer(images[start : start + batch_size].to(device, non_blocking=True))
-        logits = model(xb).float()
-        if tta:
-            logits = (logits + model(xb.flip(-1)).float()) / 2
-        outs.append(logits.cpu())
-    return torch.cat(outs) if outs else torch.zeros(0)
+    """Logits for a whole N,C,H,W uint8 tensor; with ``tta``, :func:`mirror_average` of both views."""
+    plain, mirrored = predict_views(model, images, normalizer, device, batch_size, mirrored=tta)
+    return mirror_average(plain, mirrored) if tta else plain
 
 
 class WithPreprocessing(nn.Module):
-    """A trained network that takes raw pixel values (0-255, N,C,H,W) as deployed models do."""
+    """A trained network that takes raw pixel values (0-255, N,C,H,W) as deployed models do.
 
-    def __init__(self, net: nn.Module, mean: list[float], std: list[float]):
+    With ``tta`` it computes the flip test-time augmentation the evaluate stage chose, so an exported or
+    registered file predicts exactly what evaluate scored (and what the registry and the gate rely on).
+    """
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float], tta: bool = False):
         super().__init__()
         self.normalizer = Normalizer(mean, std)
         self.net = net
+        self.tta = tta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.normalizer(x))
+        z = self.normalizer(x)
+        if not self.tta:
+            return self.net(z)
+        logits = self.net(with_mirrors(z))
+        return mirror_average(logits[: z.shape[0]], logits[z.shape[0] :])

@@ -19,14 +19,18 @@ def evaluate(root: str, params: Params, pipeline_run_id: str | None = None) -> d
     with stage_run("evaluate", layout, params, pipeline_run_id, kind="deep") as pipeline:
         metrics = evaluate_stage.run(layout, params)
         headline = {f"test_{k}" if not k.startswith("test_") else k: metrics[k] for k in HEADLINE}
+        views = {f"test_{k}": metrics[k] for k in ("accuracy_plain", "accuracy_tta") if metrics[k] is not None}
         per_class = {
             f"{name}_{m}": v for name, vals in metrics["per_class"].items() for m, v in vals.items() if m != "support"
         }
-        mlflow.log_metrics(headline | per_class)
-        mlflow.set_tag("data_hash", metrics["data_hash"])
+        mlflow.log_metrics(headline | views | per_class)
+        mlflow.set_tags(
+            {"data_hash": metrics["data_hash"], "tta": "flip" if metrics["tta"]["used"] else "none",
+             "tta_reason": metrics["tta"]["reason"]}
+        )  # fmt: skip
         for path in (layout.eval_metrics, layout.confusion_matrix_png, layout.confusion_matrix_csv, layout.per_class):
             mlflow.log_artifact(str(path))
-        log_to_pipeline(pipeline, metrics=headline)
+        log_to_pipeline(pipeline, metrics=headline | views)
     run_logger().info(
         "evaluate: test accuracy %.4f, macro F1 %.4f on %d images",
         metrics["accuracy"],

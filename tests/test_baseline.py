@@ -257,7 +257,7 @@ def test_comparison_report(tmp_path):
     ]
     out = compare.write_comparison(rows, tmp_path / "reports")
     table = out["markdown"].read_text()
-    assert "| simplecnn | deep | 71.00% | 0.7000 |" in table
+    assert "| simplecnn | deep | 71.00% | - | 0.7000 |" in table
     assert "| HOG + RBF SVM | classical | 55.00% |" in table
     assert out["plot"].read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ClassiflowError, match="missing macro_f1"):

@@ -43,3 +43,46 @@ def test_reports_are_written(tmp_path):
     grid = list(csv.reader(open(tmp_path / "cm.csv")))
     assert grid[0][1:] == classes and sum(int(v) for r in grid[1:] for v in r[1:]) == 3
     assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tta_is_chosen_on_validation_and_only_for_flip_trained_models():
+    from classiflow.errors import ClassiflowError
+    from classiflow.stages.evaluate import choose_tta
+
+    assert choose_tta("auto", True, 0.80, 0.81) == (True, "validation accuracy 81.00% with flip TTA vs 80.00% without")
+    assert choose_tta("auto", True, 0.80, 0.80)[0] is False  # no gain, no doubled inference
+    assert choose_tta("auto", False, 0.80, None) == (False, "the model was not trained with horizontal flips")
+    assert choose_tta(True, True, 0.80, 0.70)[0] is True and choose_tta(False, True, 0.7, 0.9)[0] is False
+    with pytest.raises(ClassiflowError, match="trained without horizontal flips"):
+        choose_tta(True, False, 0.80, None)
+
+
+def test_comparison_shows_plain_and_tta_side_by_side(tmp_path):
+    from classiflow.baseline.compare import write_comparison
+
+    rows = [
+        {
+            "model": "fastnet",
+            "kind": "deep",
+            "accuracy": 0.7435,
+            "accuracy_plain": 0.7357,
+            "accuracy_tta": 0.7435,
+            "macro_f1": 0.74,
+            "train_seconds": 90.0,
+            "inference_ms_per_image": 0.1,
+            "size_bytes": 500_000,
+        },
+        {
+            "model": "sift",
+            "kind": "classical",
+            "accuracy": 0.55,
+            "accuracy_plain": None,
+            "accuracy_tta": None,
+            "macro_f1": 0.54,
+            "train_seconds": 60.0,
+            "inference_ms_per_image": 2.0,
+            "size_bytes": 9_000,
+        },
+    ]
+    table = write_comparison(rows, tmp_path)["markdown"].read_text()
+    assert "| fastnet | deep | 74.35% | 73.57% / 74.35% |" in table and "| sift | classical | 55.00% | - |" in table

@@ -165,6 +165,8 @@ def comparison_row(name: str, metrics: dict) -> dict:
         "model": name,
         "kind": "classical",
         "accuracy": metrics["accuracy"],
+        "accuracy_plain": None,
+        "accuracy_tta": None,
         "macro_f1": metrics["macro_f1"],
         "train_seconds": metrics["train_seconds"],
         "inference_ms_per_image": metrics["inference_ms_per_image"],

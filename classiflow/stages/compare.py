@@ -22,6 +22,8 @@ def cnn_row(layout: Layout) -> dict:
         "model": ckpt["model"]["name"],
         "kind": "deep",
         "accuracy": e["accuracy"],
+        "accuracy_plain": e.get("accuracy_plain"),
+        "accuracy_tta": e.get("accuracy_tta"),
         "macro_f1": e["macro_f1"],
         "train_seconds": t["train_seconds"],
         "inference_ms_per_image": e["inference_ms_per_image"],
