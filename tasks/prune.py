@@ -29,8 +29,12 @@ def prune(root: str, params: Params, pipeline_run_id: str | None = None) -> dict
     with stage_run("prune", layout, params, pipeline_run_id, kind="deep") as pipeline:
         mlflow.log_params({f"prune.{k}": v for k, v in params.prune.model_dump().items()})
         result = prune_stage.run(layout, params, params.prune, on_epoch_end)
-        mlflow.log_metrics({k: float(v) for k, v in result.items() if isinstance(v, int | float) and k != "amount"})
-        mlflow.set_tags({"data_hash": result["data_hash"], "prune.method": result["method"]})
+        numbers = {k: v for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        mlflow.log_metrics({k: float(v) for k, v in numbers.items() if k != "amount"})
+        mlflow.set_tags(
+            {"data_hash": result["data_hash"], "prune.method": result["method"], "prune.status": result["status"],
+             "prune.reason": result["reason"]}
+        )  # fmt: skip
         mlflow.log_artifact(str(layout.prune_metrics))
         for path in (layout.prune_sweep_csv, layout.prune_sweep_png):
             if path.exists():

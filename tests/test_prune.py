@@ -26,6 +26,8 @@ from classiflow.prune.unstructured import (
     make_permanent,
     sparsity,
 )
+from classiflow.stages import augment as augment_stage
+from classiflow.stages import evaluate as evaluate_stage
 from classiflow.stages import prune as prune_stage
 from classiflow.stages import train as train_stage
 from classiflow.training import fit
@@ -155,7 +157,8 @@ def test_the_stage_prunes_finetunes_measures_and_sweeps(tmp_path, monkeypatch):
     prune_params = PruneParams(amount=0.5, steps=2, finetune_epochs=1, sweep=[0.5], latency_repeats=3)
     with pytest.raises(ClassiflowError, match="run the train stage first"):
         prune_stage.run(layout, params, prune_params)
-    train_stage.run(layout, params)
+    for stage in (augment_stage, train_stage, evaluate_stage):
+        stage.run(layout, params)
     epochs = []
     result = prune_stage.run(layout, params, prune_params, on_epoch_end=epochs.append)
 
@@ -169,6 +172,8 @@ def test_the_stage_prunes_finetunes_measures_and_sweeps(tmp_path, monkeypatch):
         assert 0.0 <= metrics[key] <= 1.0
     drop = 100 * (metrics["test_accuracy_before"] - metrics["test_accuracy_after"])
     assert metrics["accuracy_drop_points"] == pytest.approx(drop)
+    assert metrics["status"] == ("rejected" if drop > 1.0 else "accepted")
+    assert metrics["reason"].startswith(f"lost {drop:.2f} points") and payload_status(layout) == metrics["status"]
     assert metrics["latency_ms_median_after"] > 0 and metrics["speedup"] > 0
     model, payload = load_pruned(layout.pruned_model)
     assert count_parameters(model) == metrics["params_after"] and payload["pruning"]["steps"] == 2
@@ -181,3 +186,17 @@ def test_the_stage_prunes_finetunes_measures_and_sweeps(tmp_path, monkeypatch):
     assert layout.prune_sweep_png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ClassiflowError, match="not a classiflow checkpoint"):
         load_checkpoint(layout.pruned_model)  # a shrunk model never passes for a full one
+
+
+def payload_status(layout) -> str:
+    return load_pruned(layout.pruned_model)[1]["pruning"]["status"]
+
+
+def test_a_pruned_model_over_the_accuracy_budget_is_rejected():
+    assert prune_stage.verdict("structured", 5.35, 1.0) == (
+        "rejected",
+        "lost 5.35 points of test accuracy > prune.max_accuracy_drop 1",
+    )
+    assert prune_stage.verdict("structured", 0.4, 1.0)[0] == "accepted"
+    assert prune_stage.verdict("structured", -0.2, 0.0)[0] == "accepted"  # a pruned model may gain
+    assert prune_stage.verdict("none", 0.0, 1.0)[0] == "none"

@@ -75,8 +75,10 @@ def accuracy(
     std: list[float],
     device: torch.device,
     batch_size: int = 512,
+    tta: bool = False,
 ) -> float:
-    """Top-1 accuracy on N,C,H,W uint8 images, through the same predict_logits the evaluate stage uses."""
+    """Top-1 accuracy on N,C,H,W uint8 images, through the same predict_logits the evaluate stage uses
+    (with ``tta``, the flip averaging evaluate chose, so the unpruned figure is evaluate's)."""
     model.to(device)
-    logits = predict_logits(model, images, Normalizer(mean, std).to(device), device, batch_size)
+    logits = predict_logits(model, images, Normalizer(mean, std).to(device), device, batch_size, tta)
     return float((logits.argmax(1).numpy() == labels).mean()) if len(labels) else 0.0

@@ -35,6 +35,8 @@ class PruneParams(BaseModel):
     # amounts of the pruning-vs-accuracy/latency curve, each pruned WITHOUT fine-tuning; [] = no sweep
     sweep: list[float] = []
     latency_repeats: int = Field(50, ge=1)
+    # points of test accuracy the pruned model may lose; over it, it is reported as rejected and not exported
+    max_accuracy_drop: float = Field(1.0, ge=0.0, le=100.0)
 
     @field_validator("amount")
     @classmethod

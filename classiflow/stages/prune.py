@@ -1,19 +1,22 @@
 """Prune stage: prune the trained model, fine-tune it back, and measure what that traded.
 
 Reads models/model.pt and the prepared splits; writes models/pruned.pt, metrics/prune.json and,
-when ``prune.sweep`` lists amounts, the accuracy/latency-vs-sparsity curve in reports/.
+when ``prune.sweep`` lists amounts, the accuracy/latency-vs-sparsity curve in reports/. A pruned model
+that loses more than ``prune.max_accuracy_drop`` points is still written and reported, marked rejected,
+so the export stage neither ships it as the pruned variant nor offers it to serving.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from classiflow.atomic import write_json
-from classiflow.augment import build_augment
+from classiflow.augment import build_augment, load_policy
 from classiflow.checkpoint import load_checkpoint
 from classiflow.config import Params, TrainParams
 from classiflow.data.prepared import PreparedData, load_prepared
@@ -26,11 +29,13 @@ from classiflow.prune.schedule import prune_steps
 from classiflow.prune.structured import check_structured
 from classiflow.prune.sweep import sweep, write_sweep
 from classiflow.prune.unstructured import detach_masked_weights, make_permanent, sparsity
+from classiflow.stages.evaluate import tta_used
 from classiflow.tensors import to_nchw
 from classiflow.training import fit, select_device
 from classiflow.training.loop import Inputs
 
 LATENCY_THREADS = 1  # the steady figure to compare by; a busy machine's other cores add noise
+log = logging.getLogger("classiflow.prune")
 
 
 def finetune_config(train: TrainParams, prune: PruneParams) -> TrainParams:
@@ -38,10 +43,12 @@ def finetune_config(train: TrainParams, prune: PruneParams) -> TrainParams:
 
     Warm-up and early stopping are off: the weights are already trained, and a run of one or two
     epochs has no room for either. Resuming is off because the pruned shapes change every step.
+    ``prune.finetune_epochs`` is meant as given, so the train section's step floor does not apply.
     """
     return train.model_copy(
         update={
             "epochs": prune.finetune_epochs,
+            "min_steps": 0,
             "lr": prune.finetune_lr,
             "scheduler": "cosine",
             "warmup_epochs": 0.0,
@@ -51,9 +58,19 @@ def finetune_config(train: TrainParams, prune: PruneParams) -> TrainParams:
     )
 
 
-def _finetune_inputs(params: Params, data: PreparedData) -> Inputs:
-    augment = build_augment(params.augment, len(data.classes), channels=data.channels, image_size=data.image_size)
+def _finetune_inputs(layout: Layout, params: Params, data: PreparedData) -> Inputs:
+    resolved = load_policy(layout.augmented, params.augment, data.data_hash)
+    augment = build_augment(resolved, len(data.classes), channels=data.channels, image_size=data.image_size)
     return Inputs(augment=augment, augment_seed=params.augment.seed)
+
+
+def verdict(method: str, drop: float, budget: float) -> tuple[str, str]:
+    """(status, reason) of a pruned model that lost ``drop`` points of test accuracy."""
+    if method == "none":
+        return "none", "prune.method is none"
+    if drop > budget:
+        return "rejected", f"lost {drop:.2f} points of test accuracy > prune.max_accuracy_drop {budget:g}"
+    return "accepted", f"lost {drop:.2f} points of test accuracy <= prune.max_accuracy_drop {budget:g}"
 
 
 def _measure(model: nn.Module, score: Callable[[nn.Module], float], shape: tuple, repeats: int) -> dict:
@@ -87,13 +104,16 @@ def run(
     test_images, test_labels = to_nchw(data.images["test"]), data.labels["test"]
     shape = (1, data.channels, data.image_size, data.image_size)
 
+    tta = tta_used(layout)
+
     def score(model: nn.Module) -> float:
-        return accuracy(model, test_images, test_labels, ckpt["mean"], ckpt["std"], device, params.evaluate.batch_size)
+        mean, std = ckpt["mean"], ckpt["std"]
+        return accuracy(model, test_images, test_labels, mean, std, device, params.evaluate.batch_size, tta)
 
     model = copy.deepcopy(original)
     finetune = pp.finetune_epochs > 0 and pp.method != "none"
     cfg = finetune_config(params.train, pp)
-    inputs = _finetune_inputs(params, data) if finetune else None
+    inputs = _finetune_inputs(layout, params, data) if finetune else None
     steps = []
     for step in prune_steps(model, pp.method, pp.amount, pp.steps, pp.layers, torch.randn(shape)):
         row = {"step": step, "sparsity": sparsity(model, original)}
@@ -102,12 +122,19 @@ def run(
             row["val_accuracy"] = result.best_val_accuracy
         steps.append(row)
     make_permanent(model)
-
+    before = _measure(original, score, shape, pp.latency_repeats)
+    after = _measure(model, score, shape, pp.latency_repeats)
+    drop = 100.0 * (before["test_accuracy"] - after["test_accuracy"])
+    status, reason = verdict(pp.method, drop, pp.max_accuracy_drop)
+    if status == "rejected":
+        log.warning("prune: rejected the pruned model: %s (not exported, not served)", reason)
     pruning = {
         "method": pp.method,
         "amount": pp.amount,
         "steps": pp.steps,
         "finetune_epochs": pp.finetune_epochs if finetune else 0,
+        "status": status,
+        "reason": reason,
     }
     save_pruned(
         layout.pruned_model,
@@ -116,8 +143,6 @@ def run(
         data.meta,
         {"pruning": pruning, "source_val_accuracy": ckpt.get("val_accuracy")},
     )
-    before = _measure(original, score, shape, pp.latency_repeats)
-    after = _measure(model, score, shape, pp.latency_repeats)
     metrics: dict = {**pruning, "sparsity": sparsity(model, original), "sparsity_before": sparsity(original)}
     for key in ("params", "nonzero_params", "test_accuracy", "latency_ms_median", "latency_ms_p99"):
         metrics[f"{key}_before"], metrics[f"{key}_after"] = before[key], after[key]
@@ -126,14 +151,16 @@ def run(
         "size_bytes_after": file_size(layout.pruned_model),
         "compressed_bytes_before": compressed_size(layout.model),
         "compressed_bytes_after": compressed_size(layout.pruned_model),
-        "accuracy_drop_points": 100.0 * (before["test_accuracy"] - after["test_accuracy"]),
+        "accuracy_drop_points": drop,
+        "max_accuracy_drop": pp.max_accuracy_drop,
         "speedup": before["latency_ms_median"] / max(after["latency_ms_median"], 1e-9),
         "latency_threads": LATENCY_THREADS,
+        "tta": tta,
     }
     write_json(layout.prune_metrics, metrics)
 
     sweep_rows = sweep(original, pp.sweep, score, shape, pp.latency_repeats) if pp.sweep else []
-    label = f"{pp.method}+finetune" if finetune else pp.method
+    label = (f"{pp.method}+finetune" if finetune else pp.method) + (" (rejected)" if status == "rejected" else "")
     chosen = {**after, "method": label, "amount": pp.amount, "sparsity": metrics["sparsity"]}
     unpruned = {**before, "sparsity": metrics["sparsity_before"]}
     title = f"{ckpt['model']['name']} on {data.meta.get('dataset', 'data')}"
