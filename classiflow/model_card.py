@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from classiflow.export.report import FORMAT_NAMES
+from classiflow.checkpoint import trained_with_flip
+from classiflow.export.report import FORMAT_NAMES, rejected
 
 CARD_SECTIONS = ("data", "model", "augment", "train", "prune", "export")
 
@@ -24,12 +25,40 @@ def _latency_table(export: dict) -> list[str]:
         if not isinstance(formats, dict):
             continue
         for fmt, row in formats.items():
+            if row.get("status") == "rejected":
+                continue
             lines.append(
                 f"| {model} | {FORMAT_NAMES.get(fmt, fmt)} | `{row['file']}` | {row['bytes'] / 1e3:.1f} kB "
                 f"| {_pct(row['accuracy'])} | {row['latency_ms_median']:.3f} | {row['latency_ms_p99']:.3f} "
                 f"| {row['images_per_second']:.0f} |"
             )
     return lines
+
+
+def _accuracy_line(evaluation: dict[str, Any]) -> str:
+    tta = evaluation.get("tta", {})
+    both = f"plain {_pct(evaluation.get('accuracy_plain'))}, flip TTA {_pct(evaluation.get('accuracy_tta'))}"
+    used = "with flip TTA, which the files compute" if tta.get("used") else "without TTA"
+    return (
+        f"- **Test accuracy:** {_pct(evaluation['accuracy'])} ({used}; {both}; TTA choice: "
+        f"{tta.get('reason', 'n/a')}), macro F1 {evaluation['macro_f1']:.4f} on {evaluation['test_size']} "
+        "held-out test images"
+    )
+
+
+def _pruned_section(pruning: dict[str, Any]) -> list[str]:
+    status = pruning.get("status", "accepted")
+    summary = (
+        f"`{pruning['method']}` at amount {pruning['amount']} ({pruning['finetune_epochs']} fine-tuning epochs per "
+        f"step): {pruning['params_before']:,} -> {pruning['params_after']:,} parameters, test accuracy "
+        f"{_pct(pruning['test_accuracy_before'])} -> {_pct(pruning['test_accuracy_after'])}, batch-1 PyTorch "
+        f"latency {pruning['latency_ms_median_before']:.3f} -> {pruning['latency_ms_median_after']:.3f} ms."
+    )
+    if status == "rejected":
+        summary = f"**Rejected, not shipped:** {pruning.get('reason')}. " + summary
+    elif status == "none":
+        summary = "None (`prune.method: none`)."
+    return ["", "## Pruned variant", "", summary]
 
 
 def model_card(
@@ -52,8 +81,9 @@ def model_card(
         f"{spec['in_channels']}x{spec['image_size']}x{spec['image_size']}, {len(classes)} classes",
         f"- **Data:** `{params.get('data.source')}`, prepared data hash `{checkpoint['data_hash']}`",
         f"- **Code:** git commit `{git_commit}`; card written {now}",
-        f"- **Test accuracy:** {_pct(evaluation['accuracy'])}, macro F1 {evaluation['macro_f1']:.4f} "
-        f"on {evaluation['test_size']} held-out test images",
+        f"- **Trained with horizontal flips:** {'yes' if trained_with_flip(checkpoint) else 'no'} "
+        f"(augment.flip {params.get('augment.flip')})",
+        _accuracy_line(evaluation),
         f"- **Input:** raw pixel values 0-255, float32 NCHW; the files normalise with mean "
         f"{[round(m, 4) for m in checkpoint['mean']]} and std {[round(s, 4) for s in checkpoint['std']]} themselves",
         "",
@@ -68,19 +98,20 @@ def model_card(
     ]
     for cls, row in evaluation.get("per_class", {}).items():
         lines.append(f"| {cls} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |")
+    lines += _pruned_section(pruning)
     lines += [
-        "",
-        "## Pruned variant",
-        "",
-        f"`{pruning['method']}` at amount {pruning['amount']} ({pruning['finetune_epochs']} fine-tuning epochs per "
-        f"step): {pruning['params_before']:,} -> {pruning['params_after']:,} parameters, test accuracy "
-        f"{_pct(pruning['test_accuracy_before'])} -> {_pct(pruning['test_accuracy_after'])}, batch-1 PyTorch "
-        f"latency {pruning['latency_ms_median_before']:.3f} -> {pruning['latency_ms_median_after']:.3f} ms.",
         "",
         f"## Exported files (timed with {export.get('threads', '?')} thread(s))",
         "",
         *_latency_table(export),
         "",
+    ]
+    left_out = rejected(export)
+    if left_out:
+        lines += ["Left out, failed their checks (not in this version):", ""]
+        lines += [f"- `{name}`: {reason}" for name, reason in left_out.items()]
+        lines += [""]
+    lines += [
         "## Parameters",
         "",
         "| key | value |",

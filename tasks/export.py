@@ -6,9 +6,15 @@ import mlflow
 from prefect import task
 
 from classiflow.config import Params
+from classiflow.export.report import rejected
 from classiflow.layout import Layout
 from classiflow.stages import export as export_stage
 from tasks.tracking import log_to_pipeline, run_logger, stage_run
+
+
+def rejection_tags(metrics: dict) -> dict[str, str]:
+    """``rejected.<file>`` = why it was left out (MLflow tag values are capped at 5000 characters)."""
+    return {f"rejected.{name}": reason[:5000] for name, reason in rejected(metrics).items()}
 
 
 def flat_metrics(metrics: dict) -> dict[str, float]:
@@ -34,12 +40,15 @@ def export(root: str, params: Params, pipeline_run_id: str | None = None) -> dic
         mlflow.log_metrics(flat)
         mlflow.log_artifact(str(layout.export_report))
         mlflow.log_artifact(str(layout.export_metrics))
+        mlflow.set_tags(rejection_tags(metrics) | {"export.tta": metrics["tta"]})
         headline = {k.replace("/", "_"): v for k, v in flat.items() if k.endswith(("latency_ms_median", "accuracy"))}
         log_to_pipeline(pipeline, metrics=headline)
     log = run_logger()
     for model, formats in metrics.items():
         if isinstance(formats, dict):
             for fmt, row in formats.items():
+                if row.get("status") == "rejected":
+                    continue  # the stage already warned, with the reason
                 log.info(
                     "export: %-8s %-18s accuracy %.4f, batch-1 %.3f ms, %.0f img/s",
                     model,

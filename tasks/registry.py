@@ -19,6 +19,7 @@ from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
 from classiflow.model_card import model_card
 from classiflow.tensors import WithPreprocessing
+from tasks.export import rejection_tags
 from tasks.promotion import LATENCY_TAG, PREDICTIONS
 from tasks.tracking import git_commit, log_to_pipeline, run_logger, stage_run
 
@@ -37,23 +38,28 @@ def _export_files(layout: Layout) -> list[str]:
 
 
 def _version_tags(ckpt: dict, metrics: dict, exported: dict, pruned: dict, pipeline: str) -> dict[str, str]:
+    """``test_accuracy`` is evaluate's headline, the accuracy of the predictions the gate compares and the
+    shipped files compute (flip TTA included when ``tta`` says so)."""
     tags = {
         "test_accuracy": f"{metrics['accuracy']:.6f}",
+        "test_accuracy_plain": f"{metrics['accuracy_plain']:.6f}",
+        "tta": "flip" if metrics["tta"]["used"] else "none",
         "macro_f1": f"{metrics['macro_f1']:.6f}",
         "data_hash": ckpt["data_hash"],
         "git_commit": git_commit(),
         "architecture": ckpt["model"]["name"],
         "classes": json.dumps(ckpt["classes"]),
         "pipeline_run_id": pipeline,
+        "pruned_status": pruned.get("status", "accepted"),
         "pruned_test_accuracy": f"{pruned['test_accuracy_after']:.6f}",
     }
     trained = exported.get("trained", {})
     if "onnx" in trained:
         tags[LATENCY_TAG] = f"{trained['onnx']['latency_ms_median']:.4f}"
     for fmt in ("onnx-int8-static", "onnx-int8-dynamic"):
-        if fmt in trained:
+        if trained.get(fmt, {}).get("status") == "verified":
             tags[f"{fmt}_test_accuracy"] = f"{trained[fmt]['accuracy']:.6f}"
-    return tags
+    return tags | rejection_tags(exported)
 
 
 @task(name="register")
@@ -69,7 +75,7 @@ def register(root: str, params: Params, pipeline_run_id: str | None = None) -> d
     files = _export_files(layout)
     data = load_prepared(layout.prepared, ("test",))
     name = registered_name(params, data.meta["dataset"])
-    model = WithPreprocessing(net, ckpt["mean"], ckpt["std"]).eval()
+    model = WithPreprocessing(net, ckpt["mean"], ckpt["std"], metrics["tta"]["used"]).eval()
     test = data.images["test"][:4]
     example = np.ascontiguousarray(test.transpose(0, 3, 1, 2)).astype(np.float32)
     with torch.no_grad():

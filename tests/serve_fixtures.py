@@ -31,6 +31,7 @@ def export_model_dir(out: Path, channels: int, formats: tuple[str, ...] = ("onnx
     from classiflow.atomic import write_json
     from classiflow.export import convert
     from classiflow.export.params import ExportParams
+    from classiflow.export.pipeline import file_names
     from classiflow.models import build_model
     from classiflow.stages.export import _preprocessing
     from classiflow.tensors import WithPreprocessing
@@ -47,9 +48,10 @@ def export_model_dir(out: Path, channels: int, formats: tuple[str, ...] = ("onnx
         convert.to_torchscript(module, example, out / "model.ts")
     payload = {"classes": CLASSES, "mean": mean, "std": std, "model": {"name": "simplecnn"}}
     data = SimpleNamespace(channels=channels, image_size=SIZE, data_hash="0" * 64)
-    sources = [SimpleNamespace(label="trained", stem="model")]
-    params = ExportParams(formats=list(formats), int8="none")
-    write_json(out / "preprocessing.json", _preprocessing(payload, data, sources, params))
+    sources = [SimpleNamespace(label="trained", stem="model", module=module)]
+    names = file_names("model", ExportParams(formats=list(formats), int8="none"))
+    rows = [{"model": "trained", "format": fmt, "file": name, "status": "verified"} for fmt, name in names.items()]
+    write_json(out / "preprocessing.json", _preprocessing(payload, data, sources, rows))
     return out
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from classiflow.atomic import read_json
+from classiflow.atomic import read_json, write_json
+from classiflow.checkpoint import load_checkpoint
 from classiflow.config import DataParams, parse_params
 from classiflow.data.download import download
 from classiflow.data.prepare import prepare
@@ -16,12 +17,14 @@ from classiflow.errors import ClassiflowError
 from classiflow.export import convert, pipeline, runtime
 from classiflow.export.params import ExportParams
 from classiflow.export.pipeline import Images, Source, export_model
-from classiflow.export.verify import check_fp32, check_int8
+from classiflow.export.verify import Int8CheckFailed, check_fp32, check_int8, decided
 from classiflow.layout import Layout
 from classiflow.models import build_model
+from classiflow.stages import augment as augment_stage
+from classiflow.stages import evaluate as evaluate_stage
 from classiflow.stages import export as export_stage
 from classiflow.stages import train as train_stage
-from classiflow.tensors import WithPreprocessing
+from classiflow.tensors import WithPreprocessing, mirror_average
 from tests.imagegen import CLASSES, draw, write_image_folder
 
 SIZE = 16
@@ -94,20 +97,37 @@ def test_int8_files_are_smaller_and_mostly_agree(exported):
     assert rows["onnx-int8-static"]["bytes"] < 0.7 * fp32
     assert rows["onnx-int8-dynamic"]["bytes"] <= fp32  # conv nets: only the classifier head is quantized
     assert rows["onnx-int8-static"]["agreement"] >= 0.8 and rows["onnx-int8-dynamic"]["agreement"] >= 0.8
+    assert {r["status"] for fmt, r in rows.items() if fmt != "pytorch"} == {"verified"}
     x = runtime.pixels(_images(5, seed=5)[0])
     assert _onnx(out / "model.int8.onnx", x).shape == (5, len(CLASSES))
     assert {r["file"] for r in rows.values()} == {p.name for p in out.iterdir()}
 
 
 def test_int8_checks_name_the_file_and_the_numbers():
-    reference = np.eye(3)[[0, 1, 2, 0, 1, 2, 0, 1, 2, 0]]
+    reference = 5 * np.eye(3)[[0, 1, 2, 0, 1, 2, 0, 1, 2, 0]]
     labels = reference.argmax(1)
     worse = reference.copy()
-    worse[:2] = np.eye(3)[[2, 2]]
-    with pytest.raises(ClassiflowError, match=r"m\.int8\.onnx: test accuracy 80\.00% vs 100\.00%.*20\.00 points"):
-        check_int8("m.int8.onnx", reference, worse, labels, max_drop=0.5, min_agreement=0.0)
-    with pytest.raises(ClassiflowError, match=r"on 80\.00% of 10 test images < export\.int8_min_agreement 99%"):
-        check_int8("m.int8.onnx", reference, worse, labels, max_drop=100.0, min_agreement=0.99)
+    worse[:2] = 5 * np.eye(3)[[2, 2]]
+    with pytest.raises(Int8CheckFailed, match=r"m\.int8\.onnx: test accuracy 80\.00% vs 100\.00%.*20\.00 points") as e:
+        check_int8("m.int8.onnx", reference, worse, labels, max_drop=0.5, min_agreement=0.0, tie_margin=0.05)
+    assert e.value.measured["accuracy"] == pytest.approx(0.8) and e.value.measured["decided_images"] == 10
+    with pytest.raises(ClassiflowError, match=r"on 80\.00% of the 10 test images PyTorch decides .* < export"):
+        check_int8("m.int8.onnx", reference, worse, labels, max_drop=100.0, min_agreement=0.99, tie_margin=0.05)
+
+
+def test_int8_agreement_leaves_out_pytorchs_near_ties():
+    """Flips where PyTorch's own top two are within the margin are not disagreements; flips elsewhere are."""
+    reference = np.array([[2.0, 1.99, 0.0]] * 4 + [[5.0, 0.0, 0.0]] * 6)
+    labels = np.zeros(10, dtype=int)
+    flipped_ties = reference.copy()
+    flipped_ties[:2, 1] += 0.02  # two near-ties tip over to class 1
+    checks = check_int8("t.onnx", reference, flipped_ties, labels, max_drop=100.0, min_agreement=0.99, tie_margin=0.05)
+    assert checks["agreement"] == pytest.approx(0.8) and checks["decided_agreement"] == 1.0
+    assert checks["decided_images"] == 6 and decided(reference, 0.0).all()
+    flipped_clear = reference.copy()
+    flipped_clear[4, 1] = 9.0
+    with pytest.raises(Int8CheckFailed, match=r"83\.33% of the 6 test images"):
+        check_int8("t.onnx", reference, flipped_clear, labels, max_drop=100.0, min_agreement=0.99, tie_margin=0.05)
 
 
 def test_params_are_validated():
@@ -130,7 +150,8 @@ def trained(tmp_path_factory):
     params = parse_params(
         {"model": {"name": "resnet8", "width": None}, "train": {"epochs": 1, "batch_size": 16, "device": "cpu"}}
     )
-    train_stage.run(layout, params)
+    for stage in (augment_stage, train_stage, evaluate_stage):
+        stage.run(layout, params)
     return layout, params
 
 
@@ -149,29 +170,60 @@ def test_the_stage_exports_trained_and_pruned_models_with_a_report(trained):
     pre = read_json(layout.export_dir / "preprocessing.json")
     assert pre["input"]["name"] == "pixels" and pre["input"]["shape"] == ["batch", 3, SIZE, SIZE]
     assert pre["classes"] == list(CLASSES) and len(pre["mean"]) == 3 and pre["image_size"] == SIZE
-    assert set(metrics) == {"threads", "trained", "pruned"}
+    assert set(metrics) == {"threads", "tta", "trained", "pruned"}
+    assert pre["files"] == {
+        "trained": {"onnx": "model.onnx", "onnx-int8-static": "model.int8.onnx"},
+        "pruned": {"onnx": "pruned.onnx", "onnx-int8-static": "pruned.int8.onnx"},
+    }
     assert set(metrics["pruned"]) == {"pytorch", "onnx", "onnx-int8-static"}
     assert read_json(layout.export_metrics) == metrics
     report = layout.export_report.read_text()
     assert report.count("| trained |") == 3 and "ONNX Runtime int8 static" in report and "batch-8 img/s" in report
 
 
-def test_a_failed_check_leaves_no_export_behind(trained, monkeypatch):
-    layout, params = trained
-    shutil.rmtree(layout.export_dir, ignore_errors=True)
+def _corrupt(monkeypatch, fmt: str) -> None:
+    """Make ``fmt``'s file compute logits off by 1, as a broken converter would."""
+    real = {"torchscript": pipeline.to_torchscript, "onnx": pipeline.to_onnx}[fmt]
 
-    def corrupted(module, example, path):
-        with torch.no_grad(), convert.quiet_jit():
+    def corrupted(module, example, path, *args):
+        with torch.no_grad():
             module.net.head.bias.add_(1.0)
             try:
-                torch.jit.save(torch.jit.trace(module, example), str(path))
+                real(module, example, path, *args)
             finally:
                 module.net.head.bias.sub_(1.0)
 
-    monkeypatch.setattr(pipeline, "to_torchscript", corrupted)
-    settings = ExportParams(**FAST, formats=["torchscript"], int8="none")
+    monkeypatch.setattr(pipeline, f"to_{fmt}", corrupted)
+
+
+def test_a_failed_optional_file_is_left_out_and_reported(trained, monkeypatch, caplog):
+    layout, params = trained
+    _corrupt(monkeypatch, "torchscript")
+    settings = ExportParams(**FAST, formats=["torchscript", "onnx"], int8="none")
+    metrics = export_stage.run(layout, params, settings)
+    assert sorted(p.name for p in layout.export_dir.iterdir()) == ["model.onnx", "preprocessing.json"]
+    row = metrics["trained"]["torchscript"]
+    assert row["status"] == "rejected" and "max abs logit difference 1 " in row["reason"]
+    assert metrics["trained"]["onnx"]["status"] == "verified"
+    pre = read_json(layout.export_dir / "preprocessing.json")
+    assert pre["files"] == {"trained": {"onnx": "model.onnx"}} and list(pre["rejected"]) == ["model.ts"]
+    assert "## Left out" in layout.export_report.read_text() and "`model.ts`: model.ts: max abs" in (
+        layout.export_report.read_text()
+    )
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith("export: left out model.ts: max abs logit difference")
+
+
+def test_strict_or_a_failed_onnx_file_fails_and_leaves_no_export_behind(trained, monkeypatch):
+    layout, params = trained
+    shutil.rmtree(layout.export_dir, ignore_errors=True)
+    _corrupt(monkeypatch, "torchscript")
+    strict = ExportParams(**FAST, formats=["torchscript"], int8="none", strict=True)
     with pytest.raises(ClassiflowError, match=r"model\.ts: max abs logit difference 1 .* exceeds export\.atol 0\.0001"):
-        export_stage.run(layout, params, settings)
+        export_stage.run(layout, params, strict)
+    _corrupt(monkeypatch, "onnx")
+    with pytest.raises(ClassiflowError, match=r"model\.onnx: max abs logit difference 1 "):
+        export_stage.run(layout, params, ExportParams(**FAST, formats=["onnx"], int8="static"))
     assert not layout.export_dir.exists()
     assert not [p for p in layout.export_dir.parent.iterdir() if p.name.startswith(".export")]
 
@@ -188,3 +240,38 @@ def test_fp32_tolerance_scales_with_the_logits():
         check_fp32("f", huge, huge + np.float32(2e6), 1e-4)
     with pytest.raises(ClassiflowError, match=r"difference 0\.001 .* export\.atol 0\.0001$"):
         check_fp32("f", np.array([[0.5, 0.25]]), np.array([[0.501, 0.25]]), 1e-4)
+
+
+def test_the_files_compute_the_tta_evaluate_chose(trained, tmp_path, monkeypatch):
+    layout, params = trained
+    evaluation = read_json(layout.eval_metrics)
+    monkeypatch.chdir(tmp_path)  # ORT's shape inference, failing on a TTA graph, used to write files here
+    try:
+        write_json(layout.eval_metrics, evaluation | {"tta": {**evaluation["tta"], "used": True}})
+        export_stage.run(layout, params, ExportParams(**FAST, formats=["onnx"], int8="both"))
+    finally:
+        write_json(layout.eval_metrics, evaluation)
+    assert list(tmp_path.iterdir()) == []
+    assert read_json(layout.export_dir / "preprocessing.json")["tta"] == "flip"
+    net, ckpt = load_checkpoint(layout.model)
+    x = runtime.pixels(_images(6, seed=7)[0])
+    plain = WithPreprocessing(net, ckpt["mean"], ckpt["std"]).eval()
+    with torch.no_grad():
+        t = torch.from_numpy(x)
+        expected = mirror_average(plain(t), plain(t.flip(-1))).numpy()
+    np.testing.assert_allclose(_onnx(layout.export_dir / "model.onnx", x), expected, atol=1e-4, rtol=0)
+
+
+def test_a_rejected_pruned_model_is_neither_exported_nor_listed(trained):
+    layout, params = trained
+    payload = torch.load(layout.model, weights_only=True)
+    payload["pruning"] = {"method": "structured", "status": "rejected", "reason": "lost 5.35 points"}
+    torch.save(payload, layout.pruned_model)
+    try:
+        metrics = export_stage.run(layout, params, ExportParams(**FAST, formats=["onnx"], int8="none"))
+        assert "pruned" not in metrics
+        assert sorted(p.name for p in layout.export_dir.iterdir()) == ["model.onnx", "preprocessing.json"]
+        with pytest.raises(ClassiflowError, match="the prune stage rejected it .*lost 5.35 points"):
+            export_stage.run(layout, params, ExportParams(**FAST, formats=["onnx"], int8="none", strict=True))
+    finally:
+        layout.pruned_model.unlink()

@@ -1,8 +1,12 @@
-"""Export stage: the trained model (and the pruned one, when the prune stage made it) as deployable files,
-each checked against PyTorch on the test split and timed, all replaced together in ``models/export``."""
+"""Export stage: the trained model (and the pruned one, when the prune stage made and accepted it) as
+deployable files, each checked against PyTorch on the test split and timed, all replaced together in
+``models/export``. Every file computes the predictions evaluate scored, flip TTA included when evaluate
+chose it. Files that fail a check are left out and listed with the reason (``classiflow.export.pipeline``).
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,12 +22,14 @@ from classiflow.errors import ClassiflowError
 from classiflow.export import report, runtime
 from classiflow.export.convert import INPUT_NAME, OUTPUT_NAME
 from classiflow.export.params import ExportParams
-from classiflow.export.pipeline import Images, Source, export_model, file_names
+from classiflow.export.pipeline import Images, Source, export_model
 from classiflow.layout import Layout
+from classiflow.stages.evaluate import tta_used
 from classiflow.tensors import WithPreprocessing
 
 Loader = Callable[[Path], tuple[nn.Module, dict[str, Any]]]
 CALIBRATION_SEED = 0
+log = logging.getLogger("classiflow.export")
 
 
 def _default_pruned_loader() -> Loader:
@@ -42,18 +48,34 @@ def _check_data(path: Path, payload: dict, data: PreparedData) -> None:
         )
 
 
-def _sources(layout: Layout, data: PreparedData, load_pruned: Loader | None) -> tuple[list[Source], dict]:
+def _pruned_variant(path: Path, data: PreparedData, load_pruned: Loader | None, strict: bool) -> tuple | None:
+    """The pruned model, unless there is none, it is the trained model (``prune.method: none``) or the prune
+    stage rejected it for losing too much accuracy (which fails the stage under ``export.strict``)."""
+    if not path.exists():
+        return None
+    model, payload = (load_pruned or _default_pruned_loader())(path)
+    _check_data(path, payload, data)
+    pruning = payload.get("pruning", {})
+    if pruning.get("method") == "none":
+        return None
+    if pruning.get("status", "accepted") != "accepted":
+        if strict:
+            raise ClassiflowError(f"{path}: the prune stage rejected it ({pruning.get('reason')}); export.strict")
+        log.warning("export: no pruned variant: the prune stage rejected it (%s)", pruning.get("reason"))
+        return None
+    return "pruned", model, payload, path
+
+
+def _sources(layout: Layout, data: PreparedData, load_pruned: Loader | None, strict: bool) -> tuple[list[Source], dict]:
     model, payload = load_checkpoint(layout.model)
     _check_data(layout.model, payload, data)
     loaded = [("trained", model, payload, layout.model)]
-    pruned_path = layout.pruned_model
-    if pruned_path.exists():
-        model, pruned = (load_pruned or _default_pruned_loader())(pruned_path)
-        _check_data(pruned_path, pruned, data)
-        if pruned.get("pruning", {}).get("method") != "none":  # prune.method none copies the trained model
-            loaded.append(("pruned", model, pruned, pruned_path))
+    pruned = _pruned_variant(layout.pruned_model, data, load_pruned, strict)
+    loaded += [pruned] if pruned else []
+    tta = tta_used(layout)
     sources = [
-        Source(label, WithPreprocessing(net.eval(), p["mean"], p["std"]).eval(), path) for label, net, p, path in loaded
+        Source(label, WithPreprocessing(net.eval(), p["mean"], p["std"], tta).eval(), path)
+        for label, net, p, path in loaded
     ]
     return sources, payload
 
@@ -65,8 +87,13 @@ def _calibration(data: PreparedData, count: int) -> np.ndarray:
     return runtime.pixels(train[pick])
 
 
-def _preprocessing(payload: dict, data: PreparedData, sources: list[Source], params: ExportParams) -> dict:
-    """What a deployment needs besides the file: the input it takes and what the outputs mean."""
+def _preprocessing(payload: dict, data: PreparedData, sources: list[Source], rows: list[dict]) -> dict:
+    """What a deployment needs besides the file: the input it takes, what the outputs mean, which files
+    passed their checks (the only ones a deployment may load)."""
+    files: dict[str, dict[str, str]] = {}
+    for row in rows:
+        if row.get("status") == "verified":
+            files.setdefault(row["model"], {})[row["format"]] = row["file"]
     return {
         "input": {
             "name": INPUT_NAME,
@@ -76,6 +103,7 @@ def _preprocessing(payload: dict, data: PreparedData, sources: list[Source], par
             "range": [0, 255],
             "note": "raw pixel values; the files normalise with mean/std themselves",
         },
+        "tta": "flip" if sources[0].module.tta else "none",
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(payload["classes"])], "meaning": "logits"},
         "mean": list(payload["mean"]),
         "std": list(payload["std"]),
@@ -84,7 +112,8 @@ def _preprocessing(payload: dict, data: PreparedData, sources: list[Source], par
         "channels": data.channels,
         "model": payload["model"]["name"],
         "data_hash": data.data_hash,
-        "files": {s.label: file_names(s.stem, params) for s in sources},
+        "files": files,
+        "rejected": {row["file"]: row["reason"] for row in rows if row.get("status") == "rejected"},
     }
 
 
@@ -101,16 +130,16 @@ def run(
     data = load_prepared(layout.prepared, ("train", "test"))
     if not len(data.images["test"]):
         raise ClassiflowError(f"{layout.prepared}: the test split is empty; nothing to check the exports on")
-    sources, payload = _sources(layout, data, load_pruned)
+    sources, payload = _sources(layout, data, load_pruned, export_params.strict)
     images = Images(data.images["test"], data.labels["test"], _calibration(data, export_params.calibration_images))
     threads = export_params.threads or runtime.all_cores()
     rows: list[dict] = []
     with atomic_dir(layout.export_dir) as tmp:
         for source in sources:
             rows += export_model(source, tmp, export_params, images, threads)
-        write_json(tmp / "preprocessing.json", _preprocessing(payload, data, sources, export_params))
+        write_json(tmp / "preprocessing.json", _preprocessing(payload, data, sources, rows))
     text = report.markdown(rows, threads, export_params.throughput_batch, len(images.labels))
     write_text(layout.export_report, text)
-    metrics = report.metrics(rows, threads)
+    metrics = report.metrics(rows, threads) | {"tta": "flip" if sources[0].module.tta else "none"}
     write_json(layout.export_metrics, metrics)
     return metrics
