@@ -35,10 +35,10 @@ else
 endif
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not e2e"
+	$(BIN)/python -m pytest -q -m "not e2e and not real_data"
 
 lint: install
 	$(BIN)/ruff check classiflow tasks flows tests benchmarks

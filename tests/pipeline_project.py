@@ -1,22 +1,30 @@
-"""A throw-away copy of the project wired to a tiny generated archive, for end-to-end tests."""
+"""A throw-away copy of the project wired to an archive, and the commands that run it, for end-to-end tests."""
 
 from __future__ import annotations
 
+import csv
+import json
+import os
 import shutil
 import subprocess
-import tarfile
+import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import yaml
 
 from classiflow.data.archive import sha256_file
-from tests.imagegen import write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+STAGES = ("download", "prepare", "augment", "train", "evaluate", "prune", "export", "register", "baseline", "compare")
 COPIED = ["dvc.yaml", "params.yaml", ".dvcignore", "prefect.toml", "classiflow", "tasks", "flows", "recipes"]
 
 
-def make_project(tmp: Path, **param_updates) -> Path:
+def copy_project(tmp: Path, archive: Path, updates: dict[str, dict]) -> Path:
+    """The project's code and committed params.yaml in ``tmp/proj``, reading ``archive``, with ``updates``
+    (section -> keys) applied on top, committed to a fresh git repository with DVC initialised."""
     proj = tmp / "proj"
     proj.mkdir()
     for name in COPIED:
@@ -28,28 +36,76 @@ def make_project(tmp: Path, **param_updates) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
     subprocess.run(["dvc", "init", "-q"], cwd=proj, check=True)
     subprocess.run(["dvc", "config", "core.analytics", "false"], cwd=proj, check=True)
-    folder = write_image_folder(tmp / "shapes", splits={"train": 24, "test": 8}, size=20)
-    archive = tmp / "shapes.tar.gz"
-    with tarfile.open(archive, "w:gz") as tf:
-        tf.add(folder, arcname="shapes")
     params = yaml.safe_load((proj / "params.yaml").read_text())
-    params["data"].update(source=str(archive), sha256=sha256_file(archive), image_size=16, val_fraction=0.2)
-    params["train"].update(epochs=2, batch_size=16, lr=0.01, device="cpu")
-    params["baseline"] = {"codebook_size": 32, "codebook_sample": 2000}
-    params["prune"].update(finetune_epochs=1, sweep=[0.5], latency_repeats=3)
-    # 24 test images: one flipped prediction is 4 points, so the int8 gates are checked by tests/test_export.py
-    params["export"].update(
-        calibration_images=16,
-        latency_repeats=3,
-        throughput_batch=8,
-        int8_max_accuracy_drop=100.0,
-        int8_min_agreement=0.0,
-    )
-    for dotted, value in param_updates.items():
-        section, key = dotted.split("__")
-        params[section][key] = value
+    params["data"].update(source=str(archive), sha256=sha256_file(archive))
+    for section, values in updates.items():
+        params.setdefault(section, {}).update(values)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "add", "-A"], cwd=proj, check=True)
     identity = ["-c", "user.name=classiflow tests", "-c", "user.email=tests@classiflow.invalid"]
     subprocess.run(["git", *identity, "commit", "-qm", "project"], cwd=proj, check=True)
     return proj
+
+
+def _env() -> dict:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL"))
+    }
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def run_in(proj: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``command`` (default ``dvc repro``) in ``proj`` with this interpreter's tools first on PATH."""
+    command = command or ("dvc", "repro")
+    done = subprocess.run(command, cwd=proj, env=_env(), capture_output=True, text=True, timeout=900)
+    if check:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def repro(proj: Path, *command: str) -> str:
+    done = run_in(proj, *command)
+    return done.stdout + done.stderr
+
+
+def client(proj: Path):
+    import mlflow
+
+    uri = f"sqlite:///{proj / 'mlflow.db'}"
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def read(proj: Path, name: str) -> dict:
+    return json.loads((proj / name).read_text())
+
+
+def check_every_export_is_verified_or_rejected(proj: Path) -> dict:
+    """Every format is the reference, verified or rejected with a reason; only verified files are shipped."""
+    exported = read(proj, "metrics/export.json")
+    shipped = {"preprocessing.json"}
+    for formats in (v for v in exported.values() if isinstance(v, dict)):
+        for fmt, row in formats.items():
+            assert row["status"] in ("reference", "verified", "rejected"), (fmt, row)
+            if row["status"] == "rejected":
+                assert row["reason"].startswith(row["file"]), row
+            elif row["status"] == "verified":
+                shipped.add(row["file"])
+    assert {p.name for p in (proj / "models/export").iterdir()} == shipped
+    assert exported["trained"]["onnx-int8-static"]["status"] == "verified", exported["trained"]["onnx-int8-static"]
+    pruned = read(proj, "metrics/prune.json")
+    assert pruned["status"] in ("accepted", "rejected") and pruned["reason"]
+    assert ("pruned" in exported) == (pruned["status"] == "accepted")
+    return exported
+
+
+def check_registered(proj: Path, name: str):
+    """The challenger's accuracy tag, evaluate.json and predictions.csv are one set of predictions."""
+    evaluation = read(proj, "metrics/evaluate.json")
+    version = client(proj).get_model_version_by_alias(name, "challenger")
+    assert float(version.tags["test_accuracy"]) == pytest.approx(evaluation["accuracy"], abs=1e-6)
+    rows = list(csv.DictReader(open(proj / "reports/predictions.csv")))
+    assert np.mean([r["actual"] == r["predicted"] for r in rows]) == pytest.approx(evaluation["accuracy"])
+    return version
