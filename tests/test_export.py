@@ -115,6 +115,16 @@ def test_int8_checks_name_the_file_and_the_numbers():
         check_int8("m.int8.onnx", reference, worse, labels, max_drop=100.0, min_agreement=0.99, tie_margin=0.05)
 
 
+def test_a_drop_of_exactly_the_budget_passes():
+    """37.2% -> 36.7% on 1,000 images is 5 images, 0.5 points: in floats 100 * (0.372 - 0.367) is above 0.5."""
+    labels = np.arange(1000) % 10
+    reference = 5 * np.eye(10)[np.where(np.arange(1000) < 372, labels, (labels + 1) % 10)]
+    worse = reference.copy()
+    worse[:5] = 5 * np.eye(10)[(labels[:5] + 1) % 10]
+    checks = check_int8("m.int8.onnx", reference, worse, labels, max_drop=0.5, min_agreement=0.99, tie_margin=0.05)
+    assert checks["accuracy_drop_points"] == 0.5 and checks["accuracy"] == pytest.approx(0.367)
+
+
 def test_int8_agreement_leaves_out_pytorchs_near_ties():
     """Flips where PyTorch's own top two are within the margin are not disagreements; flips elsewhere are."""
     reference = np.array([[2.0, 1.99, 0.0]] * 4 + [[5.0, 0.0, 0.0]] * 6)
