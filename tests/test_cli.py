@@ -68,3 +68,10 @@ def test_wrong_checksum_leaves_nothing(tmp_path, monkeypatch, mlflow_uri):
     path.write_text(yaml.safe_dump({"data": {"source": "shapes.tar.gz", "sha256": "a" * 64}}))
     _assert_one_line_error(_invoke(tmp_path, monkeypatch, "download", "-p", str(path)), "sha256 mismatch")
     assert not (tmp_path / "data" / "raw").exists()
+
+
+def test_each_stage_command_runs_its_own_prefect_task():
+    from flows.cli import STAGES, TASK_MODULES, _task
+
+    assert set(TASK_MODULES) == set(STAGES)
+    assert {name: _task(name).name for name in STAGES} == {name: name for name in STAGES}
