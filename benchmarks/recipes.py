@@ -30,6 +30,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import CACHE, REPO, machine, prepared_cifar10, write_section  # noqa: E402
+from classiflow.cpu import usable_cores  # noqa: E402
 from classiflow.models import build_model  # noqa: E402
 from classiflow.recipes import list_recipes, load_recipe  # noqa: E402
 
@@ -40,7 +41,7 @@ CLI = [str(Path(sys.executable).parent / "classiflow")]
 
 def ceiling() -> dict:
     """fp32 GFLOP/s of a large matmul and of a 3x3 conv (forward) on all cores: what a model could reach."""
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cores())
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     x, w = torch.randn(256, 64, 32, 32), torch.randn(64, 64, 3, 3)
 

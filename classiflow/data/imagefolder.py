@@ -6,7 +6,6 @@ that is not such an image is skipped with a warning (or fails the run in strict 
 
 from __future__ import annotations
 
-import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from classiflow.cpu import usable_cores
 from classiflow.errors import ClassiflowError
 from classiflow.progress import task_progress
 
@@ -160,7 +160,7 @@ def _decode_chunk(args: tuple[list[str], int]) -> list[tuple[np.ndarray | None, 
 
 
 def decode_samples(samples: Samples, size: int, label: str, workers: int | None = None) -> Decoded:
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     chunk = 512
     starts = range(0, len(samples.paths), chunk)
     jobs = [([str(p) for p in samples.paths[i : i + chunk]], size) for i in starts]

@@ -8,7 +8,6 @@ the first calls allocate buffers and, in ONNX Runtime, pick kernels, and would o
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,13 +21,6 @@ from classiflow.export.convert import INPUT_NAME, quiet_jit
 Predict = Callable[[np.ndarray], np.ndarray]
 WARMUP = 10
 THROUGHPUT_RUNS = 3
-
-
-def all_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ off (an edge device or a request-per-image service); large GPU batches hide most
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 import zlib
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from classiflow.cpu import usable_cores
 from classiflow.tensors import Normalizer, predict_logits
 
 WARMUP = 5
@@ -38,10 +38,6 @@ def compressed_size(path: Path) -> int:
     return len(zlib.compress(Path(path).read_bytes(), 6))
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def latency_ms(
     model: nn.Module, input_shape: tuple[int, ...], repeats: int = 50, threads: int | None = 1, warmup: int = WARMUP
 ) -> dict[str, float]:
@@ -51,7 +47,7 @@ def latency_ms(
     server process would.
     """
     old = torch.get_num_threads()
-    torch.set_num_threads(threads or _cores())
+    torch.set_num_threads(threads or usable_cores())
     model = model.cpu().eval()
     x = torch.randn(input_shape)
     times = []

@@ -17,6 +17,7 @@ from torch import nn
 from classiflow.atomic import atomic_dir, write_json, write_text
 from classiflow.checkpoint import load_checkpoint
 from classiflow.config import Params
+from classiflow.cpu import usable_cores
 from classiflow.data.prepared import PreparedData, load_prepared
 from classiflow.errors import ClassiflowError
 from classiflow.export import report, runtime
@@ -132,7 +133,7 @@ def run(
         raise ClassiflowError(f"{layout.prepared}: the test split is empty; nothing to check the exports on")
     sources, payload = _sources(layout, data, load_pruned, export_params.strict)
     images = Images(data.images["test"], data.labels["test"], _calibration(data, export_params.calibration_images))
-    threads = export_params.threads or runtime.all_cores()
+    threads = export_params.threads or usable_cores()
     rows: list[dict] = []
     with atomic_dir(layout.export_dir) as tmp:
         for source in sources:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from classiflow.config import TrainParams
+from classiflow.cpu import usable_cores
 from classiflow.data.prepared import PreparedData
 from classiflow.progress import task_progress
 from classiflow.tensors import Normalizer, predict_logits, to_nchw
@@ -90,7 +90,7 @@ def fit(
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(usable_cores())
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
     normalizer = Normalizer(data.meta["mean"], data.meta["std"]).to(device)
