@@ -34,11 +34,16 @@ else
 	dvc repro
 endif
 
+# One pytest worker per core, each pinned to its core (tests/conftest.py); a test file runs whole on one
+# worker (its module fixtures once), the longest files first. WORKERS=0 runs everything in this process.
+WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: install
-	$(BIN)/python -m pytest -q --durations=25
+	$(PYTEST) --durations=25
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not e2e and not real_data"
+	$(PYTEST) -m "not e2e and not real_data"
 
 lint: install
 	$(BIN)/ruff check classiflow tasks flows tests benchmarks

@@ -8,11 +8,34 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+
+def _isolate_xdist_worker() -> None:
+    """Under ``pytest -n N`` each worker gets its share of the cores, inherited by the pipeline processes it
+    starts (N workers each running torch and ONNX Runtime on every core made OpenMP threads fight for them),
+    and its own Prefect home, so that two temporary Prefect APIs never write one SQLite database."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or count < 2:
+        return
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
+    os.environ["PREFECT_HOME"] = str(home / f"pytest-{worker}")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
+    if len(cores) >= count:
+        os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) :: count])
+
+
+_isolate_xdist_worker()
 REPO = Path(__file__).resolve().parents[1]
+# Minutes each (whole pipelines, servers); run first so that parallel workers finish together
+LONGEST_FIRST = ("test_real_zoo.py", "test_e2e.py", "test_real_data.py", "test_prefect_deployment.py")
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 sys.path.insert(0, str(REPO))
 
 from tests.imagegen import write_image_folder  # noqa: E402
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
 
 
 @pytest.fixture(autouse=True)
