@@ -19,7 +19,7 @@ def _paths(entries: list) -> list[str]:
 
 def _feeds(upstream: str, downstream: str) -> bool:
     spec = DVC[upstream]
-    outs = _paths(spec.get("outs", []) + spec.get("metrics", []) + spec.get("plots", []))
+    outs = _paths(spec.get("outs", []) + spec.get("metrics", []))
     return any(dep == out or dep.startswith(out + "/") for dep in DVC[downstream].get("deps", []) for out in outs)
 
 
