@@ -1,3 +1,4 @@
+import logging
 import os
 import sys
 from pathlib import Path
@@ -54,6 +55,17 @@ def _mlflow_env_restored():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def _classiflow_logger_restored():
+    """An in-process CLI call gives the ``classiflow`` logger its own console handler and stops propagation:
+    left behind, a later test on the same worker saw no records in ``caplog`` (which one depended on test order)."""
+    logger = logging.getLogger("classiflow")
+    saved = logger.handlers[:], logger.propagate, logger.level
+    yield
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
 
 
 @pytest.fixture
