@@ -98,7 +98,7 @@ def throughput(images: np.ndarray, params: BaselineParams, codebook, n_jobs: int
 
 def bench(layout: Layout, name: str, params: BaselineParams, n_throughput: int) -> dict:
     started = time.perf_counter()
-    summary = stage.run(layout, params, cache_dir=None)
+    summary = stage.fit_baseline(layout, params, cache_dir=None)
     wall = time.perf_counter() - started
     model = load_model(stage.baseline_paths(layout).model)
     test = load_prepared(layout.prepared, ("test",)).images["test"][:n_throughput]

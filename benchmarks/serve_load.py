@@ -103,7 +103,7 @@ def start_server(args: argparse.Namespace, directory: Path, port: int, work: Pat
     params = work / "params.yaml"
     serve = {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "threads": args.threads}
     params.write_text(json.dumps({"serve": serve}))  # JSON is YAML
-    cmd = [sys.executable, "-m", "flows.cli", "serve", "--model", str(directory), "--port", str(port)]
+    cmd = [sys.executable, "-m", "classiflow.cli", "serve", "--model", str(directory), "--port", str(port)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     env.pop("CLASSIFLOW_API_TOKEN", None)
     log = work / "server.log"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+SPEC_FILE = "preprocessing.json"  # beside every exported model: how to feed it and read its output
+
 
 @dataclass(frozen=True)
 class Layout:

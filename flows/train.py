@@ -1,7 +1,6 @@
-"""``train-flow``: download -> prepare -> augment -> train -> evaluate -> prune -> export -> baseline -> compare
--> register.
+"""``train-flow``: every stage of ``classiflow.pipeline.STAGES``, in the table's order.
 
-It runs the same task code as the DVC stages, in its own working directory
+It runs the same stage functions as the DVC stages, in its own working directory
 (``runs/<flow run name>`` by default) so that flow runs never disturb the DVC workspace.
 """
 
@@ -15,15 +14,9 @@ from prefect import flow, runtime
 from classiflow.config import load_params
 from classiflow.layout import project_root
 from classiflow.recipes import load_recipe
-from tasks.augment import augment
-from tasks.baseline import baseline, compare
-from tasks.data import download, prepare
-from tasks.evaluate import evaluate
-from tasks.export import export
-from tasks.prune import prune
-from tasks.registry import register
-from tasks.tracking import log_to_pipeline, mark_failed, setup, start_pipeline_run
-from tasks.train import train
+from classiflow.tracking.runs import log_to_pipeline, mark_failed, start_pipeline_run
+from classiflow.tracking.store import setup
+from tasks.stages import TASKS
 
 
 @flow(name="train-flow")
@@ -42,29 +35,20 @@ def train_flow(
     pipeline = start_pipeline_run(experiment, params, entry="prefect", name=f"{params.model.name}-{run_name}")
     log_to_pipeline(pipeline, tags={"prefect_flow_run_id": runtime.flow_run.id or "", "workdir": root})
     try:
-        download(root, params, pipeline)
-        meta = prepare(root, params, pipeline)
-        augment(root, params, pipeline)
-        summary = train(root, params, pipeline)
-        metrics = evaluate(root, params, pipeline)
-        pruned = prune(root, params, pipeline)
-        exported = export(root, params, pipeline)
-        classical = baseline(root, params, pipeline)
-        compare(root, params, pipeline)
-        registration = register(root, params, pipeline)
+        out = {name: task(root, params, pipeline) for name, task in TASKS.items()}
     except BaseException:
         mark_failed(pipeline)
         raise
     return {
         "pipeline_run_id": pipeline,
         "workdir": root,
-        "data_hash": meta["data_hash"],
-        "best_val_accuracy": summary["best_val_accuracy"],
-        "test_accuracy": metrics["accuracy"],
-        "baseline_test_accuracy": classical["accuracy"],
-        "pruned_test_accuracy": pruned["test_accuracy_after"],
-        "onnx_latency_ms": exported["trained"]["onnx"]["latency_ms_median"] if "onnx" in exported["trained"] else None,
-        **registration,
+        "data_hash": out["prepare"]["data_hash"],
+        "best_val_accuracy": out["train"]["best_val_accuracy"],
+        "test_accuracy": out["evaluate"]["accuracy"],
+        "baseline_test_accuracy": out["baseline"]["accuracy"],
+        "pruned_test_accuracy": out["prune"]["test_accuracy_after"],
+        "onnx_latency_ms": onnx["latency_ms_median"] if (onnx := out["export"]["trained"].get("onnx")) else None,
+        **out["register"],
     }
 
 

@@ -33,12 +33,12 @@ def main() -> None:
         download(params.data.source, layout.raw)
         prepare(layout.raw, layout.prepared, params.data)
         start = time.perf_counter()
-        summary = train.run(layout, params)
+        summary = train.run(layout, params).value
         print(
             f"train: device {summary['device']}, best val accuracy {summary['best_val_accuracy']:.3f}, "
             f"{summary['images_per_second']:.0f} img/s, {time.perf_counter() - start:.1f} s"
         )
-        metrics = evaluate.run(layout, params)
+        metrics = evaluate.run(layout, params).value
         print(f"evaluate: test accuracy {metrics['accuracy']:.3f} on {metrics['test_size']} images")
         if torch.cuda.is_available():
             assert summary["device"].startswith("cuda"), summary["device"]

@@ -1,4 +1,4 @@
-"""Prefect tasks: each wraps one library stage and records it in MLflow."""
+"""Prefect tasks: each wraps one plain function of classiflow (a stage of the table, batch prediction)."""
 
 import os
 

@@ -259,7 +259,7 @@ def test_stage_writes_policy_preview_and_copies(tmp_path, channels):
     images, labels = write_prepared(tmp_path, channels=channels)
     layout = Layout.at(tmp_path)
     params = parse_params({"augment": {**FULL, "mix": "cutmix", "copies": 2, "preview": 8, "translate": 2}})
-    summary = augment_stage.run(layout, params)
+    summary = augment_stage.run(layout, params).value
 
     policy_json = json.loads(layout.augment_policy.read_text())
     assert policy_json["data_hash"] == "f" * 64 and policy_json["train_images"] == 40
@@ -290,7 +290,7 @@ def test_stage_without_copies_replaces_old_ones(tmp_path):
     layout = Layout.at(tmp_path)
     augment_stage.run(layout, parse_params({"augment": {"copies": 1, "preview": 4}}))
     assert (layout.augmented / "train_copy0_images.npy").exists()
-    summary = augment_stage.run(layout, parse_params({"augment": {"policy": "none", "preview": 4}}))
+    summary = augment_stage.run(layout, parse_params({"augment": {"policy": "none", "preview": 4}})).value
     assert summary["transforms"] == [] and summary["copies"] == 0
     assert sorted(p.name for p in layout.augmented.iterdir()) == ["policy.json"]
     assert load_copies(layout.augmented) == []

@@ -79,7 +79,7 @@ def digits(digits_root):
 
 def test_dense_sift_bag_of_words_on_digits(digits_root, tmp_path):
     params = BaselineParams(**FAST_SIFT)
-    summary = stage.run(digits_root, params, cache_dir=tmp_path / "cache")
+    summary = stage.fit_baseline(digits_root, params, cache_dir=tmp_path / "cache")
     paths = stage.baseline_paths(digits_root)
 
     assert summary["accuracy"] >= 0.95  # measured 0.986 with these parameters, 0.99+ with the defaults
@@ -158,7 +158,7 @@ def test_images_without_keypoints_get_zero_histograms(digits):
 def test_only_changing_C_reuses_cached_features(digits_root, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     small = {**FAST_SIFT, "max_train": 300}
-    first = stage.run(digits_root, BaselineParams(**small, C=1.0), cache)
+    first = stage.fit_baseline(digits_root, BaselineParams(**small, C=1.0), cache)
     assert not first["features_cached"]
     entries = sorted(p.name for p in cache.iterdir())
     assert len(entries) == 3  # codebook, train features, test features
@@ -167,12 +167,12 @@ def test_only_changing_C_reuses_cached_features(digits_root, tmp_path, monkeypat
         raise AssertionError("features were recomputed")
 
     monkeypatch.setattr(features, "run_chunks", no_extraction)
-    second = stage.run(digits_root, BaselineParams(**small, C=0.01), cache)
+    second = stage.fit_baseline(digits_root, BaselineParams(**small, C=0.01), cache)
     assert second["features_cached"]
     assert second["feature_seconds"] == first["feature_seconds"]
     assert sorted(p.name for p in cache.iterdir()) == entries
     with pytest.raises(AssertionError, match="recomputed"):
-        stage.run(digits_root, BaselineParams(**{**small, "codebook_size": 64}), cache)
+        stage.fit_baseline(digits_root, BaselineParams(**{**small, "codebook_size": 64}), cache)
 
 
 def test_codebook_larger_than_sample_is_a_clear_error(digits):
@@ -196,13 +196,13 @@ def test_single_class_is_a_clear_error(tmp_path):
     ones = images[labels == 1][:60]
     write_prepared(tmp_path / "data" / "prepared", ones, np.zeros(len(ones), np.int64), ["one"])
     with pytest.raises(ClassiflowError, match="single class"):
-        stage.run(Layout.at(tmp_path), BaselineParams(**FAST_SIFT))
+        stage.fit_baseline(Layout.at(tmp_path), BaselineParams(**FAST_SIFT))
     assert not (tmp_path / "models").exists()
 
 
 def test_parameters_that_do_not_fit_the_images_fail_early(digits, digits_root):
     with pytest.raises(ClassiflowError, match="baseline.max_train 5: no stratified sample"):
-        stage.run(digits_root, BaselineParams(features="hog", max_train=5))
+        stage.fit_baseline(digits_root, BaselineParams(features="hog", max_train=5))
     with pytest.raises(ClassiflowError, match="baseline.size 80 is larger"):
         fit_codebook(digits.images["train"][:10], BaselineParams(size=80, upscale=2))
     with pytest.raises(ClassiflowError, match="HOG block"):
@@ -227,7 +227,7 @@ def test_model_rejects_other_images_and_untrusted_files(digits_root, tmp_path):
     junk.write_bytes(b"not a pickle")
     with pytest.raises(ClassiflowError, match="not a readable baseline model"):
         load_model(junk)
-    stage.run(digits_root, BaselineParams(features="hog", max_train=400, n_jobs=1))
+    stage.fit_baseline(digits_root, BaselineParams(features="hog", max_train=400, n_jobs=1))
     model = load_model(stage.baseline_paths(digits_root).model)
     assert model.info["train_size"] == 400
     with pytest.raises(ClassiflowError, match="fitted on"):

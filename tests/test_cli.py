@@ -1,9 +1,12 @@
 """User mistakes give one clear line and a non-zero exit, never a traceback."""
 
+import subprocess
+import sys
+
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import app
+from classiflow.cli import app
 from tests.imagegen import write_image_folder
 
 runner = CliRunner()
@@ -70,8 +73,30 @@ def test_wrong_checksum_leaves_nothing(tmp_path, monkeypatch, mlflow_uri):
     assert not (tmp_path / "data" / "raw").exists()
 
 
-def test_each_stage_command_runs_its_own_prefect_task():
-    from flows.cli import STAGES, TASK_MODULES, _task
+def test_stage_commands_and_prefect_tasks_follow_the_stage_table():
+    from classiflow.pipeline import STAGES
+    from tasks.stages import TASKS
 
-    assert set(TASK_MODULES) == set(STAGES)
-    assert {name: _task(name).name for name in STAGES} == {name: name for name in STAGES}
+    commands = {c.name for c in app.registered_commands}
+    assert {s.name for s in STAGES} <= commands
+    assert list(TASKS) == [s.name for s in STAGES]
+    assert {name: t.name for name, t in TASKS.items()} == {s.name: s.name for s in STAGES}
+    assert TASKS["download"].retries == 2
+
+
+def test_a_stage_process_imports_neither_prefect_nor_more_than_its_stage_needs():
+    """The CLI itself imports no heavy library; a stage's runner pulls in what it needs, never Prefect."""
+    code = (
+        "import sys; from classiflow.cli import app; from classiflow.pipeline import BY_NAME; "
+        "heavy = {'prefect', 'mlflow', 'torch', 'sklearn', 'cv2'}; "
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules})); "
+        "BY_NAME[sys.argv[1]].load(); "
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
+    )
+    seen = {}
+    for stage in ("download", "compare", "train"):
+        out = subprocess.run([sys.executable, "-c", code, stage], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        seen[stage] = out.stdout.split("\n")[:2]
+    assert all(cli == "[]" for cli, _ in seen.values()), seen
+    assert "prefect" not in str(seen) and "torch" not in seen["download"][1], seen

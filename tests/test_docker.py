@@ -246,7 +246,7 @@ def test_the_wheel_the_images_install_carries_the_package_data(tmp_path):
     """`pip install .` (not editable) must ship non-Python files such as the serving page."""
     src = tmp_path / "src"
     src.mkdir()
-    for item in ("pyproject.toml", "README.md", "classiflow", "tasks", "flows"):
+    for item in ("pyproject.toml", "README.md", "classiflow"):
         copy = shutil.copytree if (REPO / item).is_dir() else shutil.copy
         copy(
             REPO / item,
@@ -272,7 +272,7 @@ def test_the_wheel_the_images_install_carries_the_package_data(tmp_path):
     shipped = set(zipfile.ZipFile(wheel).namelist())
     data = {
         str(p.relative_to(src))
-        for pkg in ("classiflow", "tasks", "flows")
+        for pkg in ("classiflow",)
         for p in (src / pkg).rglob("*")
         if p.is_file() and p.suffix != ".py"
     }

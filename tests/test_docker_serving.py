@@ -31,7 +31,7 @@ from tests.serve_fixtures import export_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "docker-test-token"
-PROJECT = {"classiflow", "tasks", "flows"}
+PROJECT = {"classiflow"}
 
 # Run in the child: refuse what the image lacks (recording who asked), report sys.modules at exit, run the CLI.
 BOOT = r"""
@@ -47,7 +47,7 @@ class Refuse(importlib.abc.MetaPathFinder):
         chain, frame = [], sys._getframe(1)
         while frame:
             module, code = frame.f_globals.get("__name__", "?"), frame.f_code.co_name
-            if code == "<module>" or module.split(".")[0] in ("classiflow", "tasks", "flows"):
+            if code == "<module>" or module.split(".")[0] == "classiflow":
                 chain.append(module if code == "<module>" else f"{module}.{code}()")
             frame = frame.f_back
         attempts.append({"heavy": top in HEAVY, "chain": " -> ".join([*reversed(chain), name])})
@@ -59,8 +59,8 @@ def find_spec(name, package=None):  # a presence probe: in the image the answer 
 importlib.util.find_spec = find_spec
 out, args = sys.argv[1], sys.argv[2:]
 atexit.register(lambda: open(out, "w").write(json.dumps({"modules": sorted(sys.modules), "attempts": attempts})))
-import flows.cli, tasks.serving, classiflow.serving.app  # noqa: E401
-flows.cli.app(args=args, prog_name="classiflow")
+import classiflow.cli, classiflow.tracking.refs, classiflow.serving.app  # noqa: E401
+classiflow.cli.app(args=args, prog_name="classiflow")
 """
 
 

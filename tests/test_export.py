@@ -172,7 +172,7 @@ def test_the_stage_exports_trained_and_pruned_models_with_a_report(trained):
         settings = ExportParams(
             **FAST, formats=["onnx"], int8="static", int8_min_agreement=0.0, int8_max_accuracy_drop=100.0
         )
-        metrics = export_stage.run(layout, params, settings)
+        metrics = export_stage.export(layout, settings)
     finally:
         layout.pruned_model.unlink()
     files = sorted(p.name for p in layout.export_dir.iterdir())
@@ -210,7 +210,7 @@ def test_a_failed_optional_file_is_left_out_and_reported(trained, monkeypatch, c
     layout, params = trained
     _corrupt(monkeypatch, "torchscript")
     settings = ExportParams(**FAST, formats=["torchscript", "onnx"], int8="none")
-    metrics = export_stage.run(layout, params, settings)
+    metrics = export_stage.export(layout, settings)
     assert sorted(p.name for p in layout.export_dir.iterdir()) == ["model.onnx", "preprocessing.json"]
     row = metrics["trained"]["torchscript"]
     assert row["status"] == "rejected" and "max abs logit difference 1 " in row["reason"]
@@ -230,17 +230,17 @@ def test_strict_or_a_failed_onnx_file_fails_and_leaves_no_export_behind(trained,
     _corrupt(monkeypatch, "torchscript")
     strict = ExportParams(**FAST, formats=["torchscript"], int8="none", strict=True)
     with pytest.raises(ClassiflowError, match=r"model\.ts: max abs logit difference 1 .* exceeds export\.atol 0\.0001"):
-        export_stage.run(layout, params, strict)
+        export_stage.export(layout, strict)
     _corrupt(monkeypatch, "onnx")
     with pytest.raises(ClassiflowError, match=r"model\.onnx: max abs logit difference 1 "):
-        export_stage.run(layout, params, ExportParams(**FAST, formats=["onnx"], int8="static"))
+        export_stage.export(layout, ExportParams(**FAST, formats=["onnx"], int8="static"))
     assert not layout.export_dir.exists()
     assert not [p for p in layout.export_dir.parent.iterdir() if p.name.startswith(".export")]
 
 
 def test_exporting_without_a_trained_model_says_to_train(tmp_path):
     with pytest.raises(ClassiflowError, match="no trained model; run the train stage first"):
-        export_stage.run(Layout.at(tmp_path), parse_params({}), ExportParams())
+        export_stage.export(Layout.at(tmp_path), ExportParams())
 
 
 def test_fp32_tolerance_scales_with_the_logits():
@@ -258,7 +258,7 @@ def test_the_files_compute_the_tta_evaluate_chose(trained, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # ORT's shape inference, failing on a TTA graph, used to write files here
     try:
         write_json(layout.eval_metrics, evaluation | {"tta": {**evaluation["tta"], "used": True}})
-        export_stage.run(layout, params, ExportParams(**FAST, formats=["onnx"], int8="both"))
+        export_stage.export(layout, ExportParams(**FAST, formats=["onnx"], int8="both"))
     finally:
         write_json(layout.eval_metrics, evaluation)
     assert list(tmp_path.iterdir()) == []
@@ -278,10 +278,10 @@ def test_a_rejected_pruned_model_is_neither_exported_nor_listed(trained):
     payload["pruning"] = {"method": "structured", "status": "rejected", "reason": "lost 5.35 points"}
     torch.save(payload, layout.pruned_model)
     try:
-        metrics = export_stage.run(layout, params, ExportParams(**FAST, formats=["onnx"], int8="none"))
+        metrics = export_stage.export(layout, ExportParams(**FAST, formats=["onnx"], int8="none"))
         assert "pruned" not in metrics
         assert sorted(p.name for p in layout.export_dir.iterdir()) == ["model.onnx", "preprocessing.json"]
         with pytest.raises(ClassiflowError, match="the prune stage rejected it .*lost 5.35 points"):
-            export_stage.run(layout, params, ExportParams(**FAST, formats=["onnx"], int8="none", strict=True))
+            export_stage.export(layout, ExportParams(**FAST, formats=["onnx"], int8="none", strict=True))
     finally:
         layout.pruned_model.unlink()

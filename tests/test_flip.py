@@ -56,7 +56,7 @@ def test_the_stage_writes_the_resolved_flip_that_training_reads(tmp_path):
     write_prepared(tmp_path, n=80)
     layout = Layout.at(tmp_path)
     params_auto = AugmentParams(preview=4)
-    summary = augment_stage.run(layout, parse_params({"augment": {"preview": 4}}))
+    summary = augment_stage.run(layout, parse_params({"augment": {"preview": 4}})).value
     policy = read_json(layout.augment_policy)
     assert policy["params"]["flip"] in (True, False) and policy["flip"] == summary["flip"]
     resolved = load_policy(layout.augmented, params_auto, "f" * 64)

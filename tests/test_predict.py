@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from classiflow.cli import app
 from classiflow.serving.batch import collect, header, predict_files, summarize
 from classiflow.serving.images import decode
 from classiflow.serving.model import load_model_dir
-from flows.cli import app
 from tests.imagegen import write_image_folder
 from tests.serve_fixtures import CLASSES, SIZE, export_model_dir
 

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from classiflow.config import Params
 from classiflow.errors import ClassiflowError
 from classiflow.promotion import compare, decide
-from tasks.promotion import PREDICTIONS, history, promote, rollback
+from classiflow.tracking.aliases import PREDICTIONS, history, promote, rollback
 
 CLASSES = ["a", "b"]
 ACTUAL = ["a", "b"] * 30  # 60 test images
@@ -65,7 +65,7 @@ def registry(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
     params = Params()  # the default gate: not_worse, alpha 0.05
-    from tasks.tracking import setup
+    from classiflow.tracking.store import setup
 
     experiment = setup(params)
     client = MlflowClient()

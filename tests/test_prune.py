@@ -148,6 +148,16 @@ def _project(tmp_path):
     return layout
 
 
+class _Steps:
+    """A stage report that keeps the steps it was told about."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def metrics(self, values: dict, step: int) -> None:
+        self.steps.append(step)
+
+
 def test_the_stage_prunes_finetunes_measures_and_sweeps(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 1)  # fit() would otherwise take every core
     layout = _project(tmp_path)
@@ -155,14 +165,15 @@ def test_the_stage_prunes_finetunes_measures_and_sweeps(tmp_path, monkeypatch):
         {"model": {"name": "resnet8", "width": 8}, "train": {"epochs": 1, "batch_size": 16, "device": "cpu"}}
     )
     prune_params = PruneParams(amount=0.5, steps=2, finetune_epochs=1, sweep=[0.5], latency_repeats=3)
+    params = params.model_copy(update={"prune": prune_params})
     with pytest.raises(ClassiflowError, match="run the train stage first"):
-        prune_stage.run(layout, params, prune_params)
+        prune_stage.run(layout, params)
     for stage in (augment_stage, train_stage, evaluate_stage):
         stage.run(layout, params)
-    epochs = []
-    result = prune_stage.run(layout, params, prune_params, on_epoch_end=epochs.append)
+    epochs = _Steps()
+    result = prune_stage.run(layout, params, epochs).value
 
-    assert len(epochs) == 2 and [s["step"] for s in result["steps_history"]] == [1, 2]
+    assert epochs.steps == [1, 2] and [s["step"] for s in result["steps_history"]] == [1, 2]
     assert result["steps_history"][0]["sparsity"] < result["steps_history"][1]["sparsity"] == result["sparsity"]
     metrics = read_json(layout.prune_metrics)
     assert metrics["method"] == "structured" and 0.6 < metrics["sparsity"] < 0.9

@@ -88,9 +88,9 @@ def test_every_recipe_trains_on_grayscale_28x28_unchanged(gray28, name):
     short = {"train.epochs": 1, "train.min_steps": 0, "train.device": "cpu"}
     params = parse_params({}, overrides=load_recipe(name, REPO) | short)
     augment_stage.run(gray28, params)
-    summary = train_stage.run(gray28, params)
+    summary = train_stage.run(gray28, params).value
     assert summary["epochs_run"] == 1 and summary["parameters"] > 0
-    metrics = evaluate_stage.run(gray28, params)
+    metrics = evaluate_stage.run(gray28, params).value
     assert 0.0 <= metrics["accuracy"] <= 1.0 and sum(map(sum, metrics["confusion_matrix"])) == metrics["test_size"]
 
 
@@ -112,7 +112,7 @@ def test_every_model_trains_through_the_stages(gray28, model):
     short = {"train.epochs": 1, "train.min_steps": 0, "train.batch_size": 16, "train.device": "cpu"}
     params = parse_params({}, overrides=overrides | short)
     augment_stage.run(gray28, params)
-    summary = train_stage.run(gray28, params)
+    summary = train_stage.run(gray28, params).value
     assert summary["epochs_run"] == 1
-    metrics = evaluate_stage.run(gray28, params)
+    metrics = evaluate_stage.run(gray28, params).value
     assert metrics["test_size"] == sum(map(sum, metrics["confusion_matrix"]))

@@ -18,7 +18,7 @@ from PIL import Image
 
 from classiflow.config import Params, parse_params
 from classiflow.errors import ClassiflowError
-from tasks.serving import latest_version, parse_ref, resolve, version_metrics
+from classiflow.tracking.refs import latest_version, parse_ref, resolve, version_metrics
 from tests.serve_fixtures import export_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def registry(tmp_path_factory, exported):
         mp.setenv("CLASSIFLOW_CACHE", str(root / "cache"))
         mp.chdir(root)
         params = Params()
-        from tasks.tracking import setup
+        from classiflow.tracking.store import setup
 
         experiment = setup(params)
         client = MlflowClient()
@@ -73,7 +73,7 @@ def test_references_parse_into_registry_names_or_directories(exported):
         parse_ref("./not/here", params)
     with pytest.raises(ClassiflowError, match="expected"):
         parse_ref("models:/m/a/b", params)
-    with pytest.raises(ClassiflowError, match="which model"):
+    with pytest.raises(ClassiflowError, match="which registered model"):
         parse_ref(None, Params())  # no register.model_name and no reports/registration.json here
 
 
@@ -145,7 +145,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _serve(tmp_path: Path, *args: str, **env: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "flows.cli", "serve", *args]
+    cmd = [sys.executable, "-m", "classiflow.cli", "serve", *args]
     return subprocess.Popen(
         cmd, cwd=tmp_path, env=_env(tmp_path, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -167,7 +167,7 @@ SLIM = """
 import sys, uvicorn
 seen = {}
 uvicorn.run = lambda app, **kw: seen.update(kw, app=app)
-from flows.cli import app
+from classiflow.cli import app
 try:
     app(["serve", "--model", sys.argv[1], "--host", "0.0.0.0", "--port", "9123"], prog_name="classiflow")
 except SystemExit as stop:

@@ -143,10 +143,10 @@ def test_killed_train_stage_resumes_to_the_same_weights(tmp_path):
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert killed.last_checkpoint.exists() and not killed.model.exists()
 
-    resumed = train_stage.run(killed, params)
+    resumed = train_stage.run(killed, params).value
     assert 1 <= resumed["resumed_from_epoch"] < 6
     assert not killed.last_checkpoint.exists()
-    uninterrupted = train_stage.run(straight, params)
+    uninterrupted = train_stage.run(straight, params).value
     assert uninterrupted["resumed_from_epoch"] == 0
     a, b = (torch.load(x.model, weights_only=True)["state_dict"] for x in (killed, straight))
     assert all(torch.equal(a[k], b[k]) for k in a)

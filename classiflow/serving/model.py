@@ -19,9 +19,9 @@ from typing import Any, Literal
 import numpy as np
 
 from classiflow.errors import ClassiflowError
+from classiflow.layout import SPEC_FILE
 
 log = logging.getLogger("classiflow.serving")
-SPEC_FILE = "preprocessing.json"
 DEFAULT_INPUT = "pixels"
 Runner = Callable[[np.ndarray], np.ndarray]  # float32 N,C,S,S raw pixels -> logits N,K
 

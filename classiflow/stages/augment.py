@@ -29,6 +29,7 @@ from classiflow.config import Params
 from classiflow.data.prepared import load_prepared
 from classiflow.layout import Layout
 from classiflow.progress import task_progress
+from classiflow.stages.result import NO_REPORT, Report, StageResult
 from classiflow.tensors import to_nchw
 
 log = logging.getLogger("classiflow.augment")
@@ -58,7 +59,7 @@ def _augment_copy(augment: BatchAugment, x: torch.Tensor, seed: int, out: np.nda
         advance(len(batch))
 
 
-def run(layout: Layout, params: Params) -> dict:
+def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResult:
     data = load_prepared(layout.prepared, ("train", "val"))
     cfg, flip = resolve_flip(params.augment, data)
     log.info("augment: flip %s: %s", "on" if cfg.flip else "off", flip.reason)
@@ -115,7 +116,7 @@ def run(layout: Layout, params: Params) -> dict:
                     del out
                     np.save(tmp / label_file, labels)
         write_json(tmp / POLICY_FILE, policy)
-    return {
+    summary = {
         "transforms": transforms,
         "flip": flip.as_dict(),
         "copies": cfg.copies,
@@ -125,3 +126,15 @@ def run(layout: Layout, params: Params) -> dict:
         "train_images": n,
         "data_hash": data.data_hash,
     }
+    return _result(layout, summary)
+
+
+def _result(layout: Layout, summary: dict) -> StageResult:
+    return StageResult(
+        summary,
+        params={"augment.flip_resolved": summary["flip"]["flip"]},
+        metrics={"augment_images_per_second": summary["images_per_second"]},
+        tags={"augment.flip_reason": summary["flip"]["reason"]},
+        artifacts={layout.augment_policy: "", layout.augment_preview: ""},
+        summary=[f"augment: {', '.join(summary['transforms']) or 'none'}; {summary['copies']} materialised copies"],
+    )

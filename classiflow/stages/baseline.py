@@ -19,10 +19,31 @@ from classiflow.atomic import write_json
 from classiflow.baseline.features import extract, fit_codebook
 from classiflow.baseline.model import BaselineModel, check_labels, fit_classifier, save_model
 from classiflow.baseline.params import BaselineParams
+from classiflow.config import Params
 from classiflow.data.prepared import PreparedData, load_prepared
 from classiflow.errors import ClassiflowError
 from classiflow.evaluation import score_and_report
-from classiflow.layout import Layout
+from classiflow.layout import Layout, project_root
+from classiflow.stages.result import NO_REPORT, Report, StageResult
+
+FEATURE_CACHE = ".cache/baseline-features"
+SCALARS = (
+    "accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "feature_seconds",
+    "codebook_seconds",
+    "fit_seconds",
+    "train_seconds",
+    "predict_ms_per_image",
+    "inference_ms_per_image",
+    "model_bytes",
+    "zero_histogram_images",
+    "zero_histogram_test_images",
+    "feature_dim",
+    "train_size",
+)
 
 
 @dataclass(frozen=True)
@@ -86,7 +107,26 @@ def training_set(data: PreparedData, params: BaselineParams) -> tuple[np.ndarray
     return images[keep], labels[keep]
 
 
-def run(layout: Layout, params: BaselineParams, cache_dir: str | Path | None = None) -> dict:
+def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResult:
+    """The stage: :func:`fit_baseline` with ``params.baseline``, features cached in the project."""
+    result = fit_baseline(layout, params.baseline, project_root() / FEATURE_CACHE)
+    paths = result["paths"]
+    return StageResult(
+        {k: v for k, v in result.items() if k != "confusion_matrix"},
+        metrics={k: float(result[k]) for k in SCALARS},
+        tags={"data_hash": result["data_hash"], "features_cached": str(result["features_cached"])},
+        artifacts={paths[k]: "baseline" for k in ("metrics", "confusion_matrix_png", "confusion_matrix_csv",
+                                                  "per_class", "model")},
+        pipeline_metrics={"baseline_test_accuracy": result["accuracy"], "baseline_macro_f1": result["macro_f1"]},
+        summary=[
+            f"baseline: {model_name(params.baseline)} test accuracy {result['accuracy']:.4f}, macro F1 "
+            f"{result['macro_f1']:.4f} (features {result['feature_seconds']:.1f} s, fit {result['fit_seconds']:.1f} s, "
+            f"{result['zero_histogram_images']} zero histograms)"
+        ],
+    )  # fmt: skip
+
+
+def fit_baseline(layout: Layout, params: BaselineParams, cache_dir: str | Path | None = None) -> dict:
     """Fit, score on the test split, write the model and reports; return metrics and paths.
 
     ``cache_dir`` holds extracted features between runs (None: no cache).

@@ -9,6 +9,7 @@ from classiflow.config import Params
 from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
 from classiflow.stages.baseline import baseline_paths, comparison_row, model_name
+from classiflow.stages.result import NO_REPORT, Report, StageResult
 
 
 def cnn_row(layout: Layout) -> dict:
@@ -31,10 +32,16 @@ def cnn_row(layout: Layout) -> dict:
     }
 
 
-def run(layout: Layout, params: Params) -> dict:
+def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResult:
     rows = [cnn_row(layout)]
     baseline = baseline_paths(layout).metrics
     if baseline.exists():
         rows.append(comparison_row(model_name(params.baseline), read_json(baseline)))
     written = write_comparison(rows, layout.root / "reports", "Deep vs classical on the same test split")
-    return {"rows": rows, "markdown": str(written["markdown"]), "plot": str(written["plot"])}
+    value = {"rows": rows, "markdown": str(written["markdown"]), "plot": str(written["plot"])}
+    return StageResult(
+        value,
+        artifacts={written["markdown"]: "", written["plot"]: ""},
+        tables={"comparison.json": {k: [row[k] for row in rows] for k in rows[0]}},
+        summary=[f"compare: {row['model']:<28} {row['kind']:<9} accuracy {row['accuracy']:.4f}" for row in rows],
+    )

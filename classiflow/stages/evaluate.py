@@ -20,6 +20,7 @@ from classiflow.data.prepared import load_prepared
 from classiflow.errors import ClassiflowError
 from classiflow.evaluation import score_and_report
 from classiflow.layout import Layout
+from classiflow.stages.result import NO_REPORT, Report, StageResult
 from classiflow.tensors import Normalizer, mirror_average, predict_views, to_nchw
 from classiflow.training import select_device
 
@@ -49,11 +50,14 @@ def tta_used(layout: Layout) -> bool:
     return bool(read_json(layout.eval_metrics).get("tta", {}).get("used", False))
 
 
+HEADLINE = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "test_loss")
+
+
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
 
 
-def run(layout: Layout, params: Params) -> dict:
+def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResult:
     model, ckpt = load_checkpoint(layout.model)
     data = load_prepared(layout.prepared, ("val", "test"))
     if ckpt["data_hash"] != data.data_hash:
@@ -93,4 +97,25 @@ def run(layout: Layout, params: Params) -> dict:
     metrics["model_bytes"] = layout.model.stat().st_size
     metrics["test_loss"] = float(torch.nn.functional.cross_entropy(logits, labels["test"]))
     write_json(layout.eval_metrics, metrics)
-    return {**metrics, "data_hash": data.data_hash, "confusion_matrix": matrix.tolist()}
+    return _result(layout, {**metrics, "data_hash": data.data_hash, "confusion_matrix": matrix.tolist()})
+
+
+def _result(layout: Layout, metrics: dict) -> StageResult:
+    headline = {f"test_{k}" if not k.startswith("test_") else k: metrics[k] for k in HEADLINE}
+    views = {f"test_{k}": metrics[k] for k in ("accuracy_plain", "accuracy_tta") if metrics[k] is not None}
+    per_class = {
+        f"{name}_{m}": v for name, vals in metrics["per_class"].items() for m, v in vals.items() if m != "support"
+    }
+    tta = metrics["tta"]
+    files = (layout.eval_metrics, layout.confusion_matrix_png, layout.confusion_matrix_csv, layout.per_class)
+    return StageResult(
+        metrics,
+        metrics=headline | views | per_class,
+        tags={"data_hash": metrics["data_hash"], "tta": "flip" if tta["used"] else "none", "tta_reason": tta["reason"]},
+        artifacts=dict.fromkeys(files, ""),
+        pipeline_metrics=headline | views,
+        summary=[
+            f"evaluate: test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f} "
+            f"on {metrics['test_size']} images"
+        ],
+    )

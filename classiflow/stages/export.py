@@ -20,25 +20,20 @@ from classiflow.config import Params
 from classiflow.cpu import usable_cores
 from classiflow.data.prepared import PreparedData, load_prepared
 from classiflow.errors import ClassiflowError
-from classiflow.export import report, runtime
+from classiflow.export import report as export_tables
+from classiflow.export import runtime
 from classiflow.export.convert import INPUT_NAME, OUTPUT_NAME
 from classiflow.export.params import ExportParams
 from classiflow.export.pipeline import Images, Source, export_model
-from classiflow.layout import Layout
+from classiflow.layout import SPEC_FILE, Layout
+from classiflow.prune.saving import load_pruned as load_pruned_model
 from classiflow.stages.evaluate import tta_used
+from classiflow.stages.result import NO_REPORT, Report, StageResult, numbers
 from classiflow.tensors import WithPreprocessing
 
 Loader = Callable[[Path], tuple[nn.Module, dict[str, Any]]]
 CALIBRATION_SEED = 0
 log = logging.getLogger("classiflow.export")
-
-
-def _default_pruned_loader() -> Loader:
-    try:
-        from classiflow.prune.saving import load_pruned
-    except ImportError:
-        raise ClassiflowError("a pruned model exists but classiflow.prune is not installed to load it") from None
-    return load_pruned
 
 
 def _check_data(path: Path, payload: dict, data: PreparedData) -> None:
@@ -54,7 +49,7 @@ def _pruned_variant(path: Path, data: PreparedData, load_pruned: Loader | None, 
     stage rejected it for losing too much accuracy (which fails the stage under ``export.strict``)."""
     if not path.exists():
         return None
-    model, payload = (load_pruned or _default_pruned_loader())(path)
+    model, payload = (load_pruned or load_pruned_model)(path)
     _check_data(path, payload, data)
     pruning = payload.get("pruning", {})
     if pruning.get("method") == "none":
@@ -118,14 +113,47 @@ def _preprocessing(payload: dict, data: PreparedData, sources: list[Source], row
     }
 
 
-def run(
-    layout: Layout,
-    params: Params,
-    export_params: ExportParams | None = None,
-    load_pruned: Loader | None = None,
-) -> dict:
-    """``export_params`` defaults to ``params.export``; ``load_pruned`` to ``classiflow.prune.load_pruned``."""
-    export_params = export_params or getattr(params, "export", None) or ExportParams()
+def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResult:
+    metrics = export(layout, params.export)
+    flat = flat_metrics(metrics)
+    headline = {k.replace("/", "_"): v for k, v in flat.items() if k.endswith(("latency_ms_median", "accuracy"))}
+    lines = [
+        f"export: {model:<8} {fmt:<18} accuracy {row['accuracy']:.4f}, batch-1 {row['latency_ms_median']:.3f} ms, "
+        f"{row['images_per_second']:.0f} img/s"
+        for model, formats in metrics.items()
+        if isinstance(formats, dict)
+        for fmt, row in formats.items()
+        if row.get("status") != "rejected"  # the stage already warned, with the reason
+    ]
+    return StageResult(
+        metrics,
+        metrics=flat,
+        tags=rejection_tags(metrics) | {"export.tta": metrics["tta"]},
+        artifacts={layout.export_report: "", layout.export_metrics: ""},
+        pipeline_metrics=headline,
+        summary=lines,
+    )
+
+
+def rejection_tags(metrics: dict) -> dict[str, str]:
+    """``rejected.<file>`` = why it was left out (MLflow tag values are capped at 5000 characters)."""
+    return {f"rejected.{name}": reason[:5000] for name, reason in export_tables.rejected(metrics).items()}
+
+
+def flat_metrics(metrics: dict) -> dict[str, float]:
+    """``trained/onnx/latency_ms_median``-style keys: one MLflow metric per model, format and figure."""
+    return {
+        f"{model}/{fmt}/{key}": value
+        for model, formats in metrics.items()
+        if isinstance(formats, dict)
+        for fmt, values in formats.items()
+        for key, value in numbers(values).items()
+    }
+
+
+def export(layout: Layout, export_params: ExportParams, load_pruned: Loader | None = None) -> dict:
+    """Every configured file of the trained (and accepted pruned) model, verified and timed, with its report;
+    ``load_pruned`` defaults to ``classiflow.prune.saving.load_pruned``."""
     if not layout.model.exists():
         raise ClassiflowError(f"{layout.model}: no trained model; run the train stage first")
     data = load_prepared(layout.prepared, ("train", "test"))
@@ -138,9 +166,9 @@ def run(
     with atomic_dir(layout.export_dir) as tmp:
         for source in sources:
             rows += export_model(source, tmp, export_params, images, threads)
-        write_json(tmp / "preprocessing.json", _preprocessing(payload, data, sources, rows))
-    text = report.markdown(rows, threads, export_params.throughput_batch, len(images.labels))
+        write_json(tmp / SPEC_FILE, _preprocessing(payload, data, sources, rows))
+    text = export_tables.markdown(rows, threads, export_params.throughput_batch, len(images.labels))
     write_text(layout.export_report, text)
-    metrics = report.metrics(rows, threads) | {"tta": "flip" if sources[0].module.tta else "none"}
+    metrics = export_tables.metrics(rows, threads) | {"tta": "flip" if sources[0].module.tta else "none"}
     write_json(layout.export_metrics, metrics)
     return metrics

@@ -9,6 +9,7 @@ so the export stage neither ships it as the pruned variant nor offers it to serv
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from collections.abc import Callable
 
@@ -30,12 +31,14 @@ from classiflow.prune.structured import check_structured
 from classiflow.prune.sweep import sweep, write_sweep
 from classiflow.prune.unstructured import detach_masked_weights, make_permanent, sparsity
 from classiflow.stages.evaluate import tta_used
+from classiflow.stages.result import NO_REPORT, Report, StageResult, numbers
 from classiflow.tensors import to_nchw
 from classiflow.training import fit, select_device
 from classiflow.training.loop import Inputs
 
 LATENCY_THREADS = 1  # the steady figure to compare by; a busy machine's other cores add noise
 log = logging.getLogger("classiflow.prune")
+HEADLINE = ("test_accuracy_after", "accuracy_drop_points", "speedup", "params_after", "sparsity")
 
 
 def finetune_config(train: TrainParams, prune: PruneParams) -> TrainParams:
@@ -84,12 +87,18 @@ def _measure(model: nn.Module, score: Callable[[nn.Module], float], shape: tuple
     }
 
 
-def run(
-    layout: Layout,
-    params: Params,
-    prune_params: PruneParams,
-    on_epoch_end: Callable[[dict], None] | None = None,
-) -> dict:
+def _finetune_reporter(report: Report) -> Callable[[dict], None]:
+    step = itertools.count(1)
+
+    def on_epoch_end(stats: dict) -> None:
+        metrics = {f"finetune_{k}": v for k, v in stats.items() if k in ("train_loss", "val_loss", "val_accuracy")}
+        report.metrics(metrics, step=next(step))
+        log.info("prune: fine-tune epoch %d, val accuracy %.4f", stats["epoch"], stats["val_accuracy"])
+
+    return on_epoch_end
+
+
+def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResult:
     original, ckpt = load_checkpoint(layout.model)
     data = load_prepared(layout.prepared)
     if ckpt["data_hash"] != data.data_hash:
@@ -97,7 +106,7 @@ def run(
             f"{layout.model} was trained on other data (hash {ckpt['data_hash'][:12]}, "
             f"prepared data is {data.data_hash[:12]}); rerun the train stage"
         )
-    pp = prune_params
+    pp, on_epoch_end = params.prune, _finetune_reporter(report)
     if pp.method == "structured":
         check_structured(original)
     device = select_device(params.train.device)
@@ -143,20 +152,7 @@ def run(
         data.meta,
         {"pruning": pruning, "source_val_accuracy": ckpt.get("val_accuracy")},
     )
-    metrics: dict = {**pruning, "sparsity": sparsity(model, original), "sparsity_before": sparsity(original)}
-    for key in ("params", "nonzero_params", "test_accuracy", "latency_ms_median", "latency_ms_p99"):
-        metrics[f"{key}_before"], metrics[f"{key}_after"] = before[key], after[key]
-    metrics |= {
-        "size_bytes_before": file_size(layout.model),
-        "size_bytes_after": file_size(layout.pruned_model),
-        "compressed_bytes_before": compressed_size(layout.model),
-        "compressed_bytes_after": compressed_size(layout.pruned_model),
-        "accuracy_drop_points": drop,
-        "max_accuracy_drop": pp.max_accuracy_drop,
-        "speedup": before["latency_ms_median"] / max(after["latency_ms_median"], 1e-9),
-        "latency_threads": LATENCY_THREADS,
-        "tta": tta,
-    }
+    metrics = _metrics(layout, pp, pruning, before, after, sparsity(model, original), sparsity(original)) | {"tta": tta}
     write_json(layout.prune_metrics, metrics)
 
     sweep_rows = sweep(original, pp.sweep, score, shape, pp.latency_repeats) if pp.sweep else []
@@ -165,4 +161,39 @@ def run(
     unpruned = {**before, "sparsity": metrics["sparsity_before"]}
     title = f"{ckpt['model']['name']} on {data.meta.get('dataset', 'data')}"
     write_sweep(layout.prune_sweep_csv, layout.prune_sweep_png, sweep_rows, unpruned, chosen, title)
-    return {**metrics, "steps_history": steps, "sweep": sweep_rows, "device": str(device), "data_hash": data.data_hash}
+    value = {**metrics, "steps_history": steps, "sweep": sweep_rows, "device": str(device), "data_hash": data.data_hash}
+    return _result(layout, value)
+
+
+def _metrics(layout: Layout, pp: PruneParams, pruning: dict, before: dict, after: dict, now: float, was: float) -> dict:
+    metrics: dict = {**pruning, "sparsity": now, "sparsity_before": was}
+    for key in ("params", "nonzero_params", "test_accuracy", "latency_ms_median", "latency_ms_p99"):
+        metrics[f"{key}_before"], metrics[f"{key}_after"] = before[key], after[key]
+    return metrics | {
+        "size_bytes_before": file_size(layout.model),
+        "size_bytes_after": file_size(layout.pruned_model),
+        "compressed_bytes_before": compressed_size(layout.model),
+        "compressed_bytes_after": compressed_size(layout.pruned_model),
+        "accuracy_drop_points": 100.0 * (before["test_accuracy"] - after["test_accuracy"]),
+        "max_accuracy_drop": pp.max_accuracy_drop,
+        "speedup": before["latency_ms_median"] / max(after["latency_ms_median"], 1e-9),
+        "latency_threads": LATENCY_THREADS,
+    }
+
+
+def _result(layout: Layout, result: dict) -> StageResult:
+    files = (layout.prune_metrics, layout.prune_sweep_csv, layout.prune_sweep_png)
+    r = result
+    return StageResult(
+        result,
+        metrics={k: v for k, v in numbers(result).items() if k != "amount"},
+        tags={"data_hash": r["data_hash"], "prune.method": r["method"], "prune.status": r["status"],
+              "prune.reason": r["reason"]},
+        artifacts={path: "" for path in files if path.exists()},
+        pipeline_metrics={f"prune_{k}": r[k] for k in HEADLINE},
+        summary=[
+            f"prune: {r['method']} {r['amount']:.2f} -> {r['params_after']} parameters (from {r['params_before']}), "
+            f"test accuracy {r['test_accuracy_after']:.4f} ({r['accuracy_drop_points']:.2f} points lost), "
+            f"batch-1 {r['speedup']:.2f}x faster"
+        ],
+    )  # fmt: skip

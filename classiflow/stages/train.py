@@ -3,7 +3,7 @@ policy, keep the best checkpoint; a killed run resumes from its last epoch."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 
 from classiflow.atomic import write_json, write_text
 from classiflow.augment import build_augment, load_copies, load_policy
@@ -13,10 +13,12 @@ from classiflow.data.prepared import PreparedData, load_prepared
 from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
 from classiflow.models import build_model
+from classiflow.stages.result import NO_REPORT, Report, StageResult, numbers
 from classiflow.training import fit, seed_everything
 from classiflow.training.loop import Inputs, Resume
 from classiflow.training.resume import fingerprint
 
+log = logging.getLogger("classiflow.train")
 HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_second")
 
 
@@ -33,7 +35,24 @@ def _inputs(layout: Layout, aug: AugmentParams, data: PreparedData) -> Inputs:
     return Inputs(augment=augment, copies=copies, augment_seed=aug.seed)
 
 
-def run(layout: Layout, params: Params, on_epoch_end: Callable[[dict], None] | None = None) -> dict:
+def _epoch_reporter(report: Report):
+    def on_epoch_end(stats: dict) -> None:
+        epoch = stats["epoch"]
+        report.metrics({k: v for k, v in stats.items() if k != "epoch"}, step=epoch)
+        log.info(
+            "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f img/s",
+            epoch,
+            stats["train_loss"],
+            stats["train_accuracy"],
+            stats["val_loss"],
+            stats["val_accuracy"],
+            stats["images_per_second"],
+        )
+
+    return on_epoch_end
+
+
+def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResult:
     data = load_prepared(layout.prepared, ("train", "val"))
     spec = model_spec(params.model, data.meta)
     seed_everything(params.train.seed)  # the initial weights too, not only the batch order
@@ -43,7 +62,7 @@ def run(layout: Layout, params: Params, on_epoch_end: Callable[[dict], None] | N
     train_cfg = params.train.model_dump(exclude={"resume"})
     key = fingerprint(spec, augment.model_dump(), train_cfg, data.data_hash)
     resume = Resume(layout.last_checkpoint, key, enabled=params.train.resume)
-    result = fit(model, data, params.train, on_epoch_end, inputs, resume)
+    result = fit(model, data, params.train, _epoch_reporter(report), inputs, resume)
     save_checkpoint(
         layout.model,
         model,
@@ -75,9 +94,14 @@ def run(layout: Layout, params: Params, on_epoch_end: Callable[[dict], None] | N
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     write_json(layout.train_metrics, metrics)
-    return {
-        **metrics,
-        "device": result.device,
-        "data_hash": data.data_hash,
-        "resumed_from_epoch": result.resumed_from_epoch,
-    }
+    value = {**metrics, "device": result.device, "data_hash": data.data_hash}
+    value["resumed_from_epoch"] = result.resumed_from_epoch
+    headline = ("best_val_accuracy", "images_per_second", "train_seconds")
+    return StageResult(
+        value,
+        metrics=numbers(value),
+        tags={"device": result.device, "data_hash": data.data_hash},
+        artifacts={layout.train_history: ""},
+        pipeline_metrics={k: metrics[k] for k in headline},
+        summary=[f"train: best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}"],
+    )

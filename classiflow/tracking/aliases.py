@@ -1,4 +1,4 @@
-"""Promote and roll back: the registry side of the promotion gate.
+"""Promote and roll back ``@champion``: the registry side of the promotion gate (``classiflow.promotion``).
 
 Every decision is written to the registered model as a ``classiflow.promotion.<UTC time>`` tag,
 so the registry itself holds the history of which version was champion, when and why. Rollback
@@ -21,9 +21,9 @@ from mlflow.tracking import MlflowClient
 from classiflow.config import Params
 from classiflow.errors import ClassiflowError
 from classiflow.promotion import Decision, correctness, decide
-from tasks.tracking import setup
+from classiflow.tracking.refs import CHAMPION, parse_ref
+from classiflow.tracking.store import setup
 
-CHAMPION = "champion"
 HISTORY = "classiflow.promotion."
 PREDICTIONS = "evaluation/predictions.csv"
 LATENCY_TAG = "latency_ms_batch1"
@@ -56,25 +56,22 @@ def _registered(client: MlflowClient, name: str):
 
 
 def _candidate(client: MlflowClient, params: Params, name: str, version: str | None, force: bool):
-    """The version asked for: a number, ``@alias``, or a ``models:/<name>/<version|@alias>`` URI."""
-    model, ref = name, version or f"@{params.registry.alias}"
-    if ref.startswith("models:/"):
-        body = ref.removeprefix("models:/")
-        model, sep, ref = body.rpartition("@") if "@" in body else body.rpartition("/")
-        ref = f"@{ref}" if sep == "@" else ref
-        if not model or not ref.strip("@"):
-            raise ClassiflowError(f"{version!r}: expected models:/<name>/<version> or models:/<name>@<alias>")
-        if model != name and not force:
-            raise ClassiflowError(
-                f"{version} is a version of {model!r}, not of {name!r}; pass --force to copy it into {name!r}"
-            )
+    """The version asked for, in the grammar of :func:`classiflow.tracking.refs.parse_ref` (a number,
+    ``@alias``, ``models:/<name>/<version>`` or ``models:/<name>@<alias>``); default ``@<register.alias>``."""
+    ref = parse_ref(version, params, name=name, alias=params.registry.alias)
+    if ref.path is not None:
+        raise ClassiflowError(f"{version!r} is a directory; promote takes a registered version")
+    if ref.name != name and not force:
+        raise ClassiflowError(
+            f"{version} is a version of {ref.name!r}, not of {name!r}; pass --force to copy it into {name!r}"
+        )
     try:
-        if ref.startswith("@"):
-            return client.get_model_version_by_alias(model, ref[1:])
-        return client.get_model_version(model, ref)
+        if ref.alias is not None:
+            return client.get_model_version_by_alias(ref.name, ref.alias)
+        return client.get_model_version(ref.name, ref.version)
     except MlflowException:
-        what = f"{ref} version" if ref.startswith("@") else f"version {ref}"
-        raise ClassiflowError(f"{model} has no {what} to promote") from None
+        what = f"@{ref.alias} version" if ref.alias is not None else f"version {ref.version}"
+        raise ClassiflowError(f"{ref.name} has no {what} to promote") from None
 
 
 def _predictions(version, role: str) -> tuple[list[str], list[str]]:

@@ -1,7 +1,7 @@
 """`classiflow serve` and `classiflow predict`: the champion put to work, over HTTP or over a folder.
 
-Kept apart from flows/cli.py so that the serving image's import path stays small and visible: nothing here
-imports torch or Prefect (the slim image has neither); flows/cli.py registers these two commands.
+Kept apart from classiflow/cli.py so that the serving image's import path stays small and visible: nothing here
+imports torch or Prefect (the slim image has neither); classiflow/cli.py registers these two commands.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def predict(
     from classiflow.progress import task_progress
     from classiflow.serving.batch import IMAGE_SUFFIXES, collect, describe_model, predict_files, summarize, write_csv
     from classiflow.serving.model import load_model_dir
-    from tasks.serving import resolve
+    from classiflow.tracking.refs import resolve
 
     cfg = _serving_params(params)
     inputs = collect(paths)
@@ -109,7 +109,7 @@ def serve(
     from classiflow.serving.app import create_app
     from classiflow.serving.batch import describe_model
     from classiflow.serving.model import load_model_dir
-    from tasks.serving import latest_version, resolve
+    from classiflow.tracking.refs import latest_version, resolve
 
     cfg = _serving_params(params)
     settings = cfg.serve

@@ -1,4 +1,6 @@
-"""Register: the MLflow model registry side of the pipeline (promotion lives in tasks/promotion.py)."""
+"""Register stage: the model, its exports, predictions and card as a registered MLflow model version.
+
+It is the one stage whose work is MLflow itself, so its runner lives here; promotion is in ``aliases``."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import numpy as np
 import torch
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
-from prefect import task
 
 from classiflow.atomic import read_json, write_json, write_text
 from classiflow.checkpoint import load_checkpoint
@@ -18,16 +19,14 @@ from classiflow.data.prepared import load_prepared
 from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
 from classiflow.model_card import model_card
+from classiflow.stages.export import rejection_tags
+from classiflow.stages.result import NO_REPORT, Report, StageResult
 from classiflow.tensors import WithPreprocessing
-from tasks.export import rejection_tags
-from tasks.promotion import LATENCY_TAG, PREDICTIONS
-from tasks.tracking import git_commit, log_to_pipeline, run_logger, stage_run
+from classiflow.tracking.aliases import LATENCY_TAG, PREDICTIONS
+from classiflow.tracking.refs import registered_name
+from classiflow.tracking.store import git_commit
 
 DESCRIPTION_LIMIT = 4000
-
-
-def registered_name(params: Params, dataset: str) -> str:
-    return params.registry.model_name or f"classiflow-{dataset}"
 
 
 def _export_files(layout: Layout) -> list[str]:
@@ -62,13 +61,12 @@ def _version_tags(ckpt: dict, metrics: dict, exported: dict, pruned: dict, pipel
     return tags | rejection_tags(exported)
 
 
-@task(name="register")
-def register(root: str, params: Params, pipeline_run_id: str | None = None) -> dict:
+def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResult:
     """Log the model with its exports, predictions and model card, and register it as ``@<register.alias>``.
 
-    The per-image predictions let ``classiflow promote`` pair two versions image by image (McNemar).
+    Runs inside the stage's MLflow run. The per-image predictions let ``classiflow promote`` pair two
+    versions image by image (McNemar).
     """
-    layout = Layout.at(root)
     net, ckpt = load_checkpoint(layout.model)
     metrics = read_json(layout.eval_metrics)
     exported, pruned = read_json(layout.export_metrics), read_json(layout.prune_metrics)
@@ -76,35 +74,35 @@ def register(root: str, params: Params, pipeline_run_id: str | None = None) -> d
     data = load_prepared(layout.prepared, ("test",))
     name = registered_name(params, data.meta["dataset"])
     model = WithPreprocessing(net, ckpt["mean"], ckpt["std"], metrics["tta"]["used"]).eval()
-    test = data.images["test"][:4]
-    example = np.ascontiguousarray(test.transpose(0, 3, 1, 2)).astype(np.float32)
+    example = np.ascontiguousarray(data.images["test"][:4].transpose(0, 3, 1, 2)).astype(np.float32)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
     card = model_card(name, ckpt, params.flat(), metrics, pruned, exported, git_commit())
     write_text(layout.model_card, card)
-    with stage_run("register", layout, params, pipeline_run_id, kind="deep") as pipeline:
-        mlflow.log_params({"register.model_name": name, "register.alias": params.registry.alias})
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, output),
-            input_example=example,
-            registered_model_name=name,
-            extra_files=[*files, str(layout.model_card)],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-        )
-        mlflow.log_artifact(str(layout.model), "checkpoint")
-        mlflow.log_artifact(str(layout.predictions), PREDICTIONS.rpartition("/")[0])  # where promote reads it
-        mlflow.log_artifact(str(layout.model_card))
-        version = str(info.registered_model_version)
-        client = MlflowClient()
-        for key, value in _version_tags(ckpt, metrics, exported, pruned, pipeline).items():
-            client.set_model_version_tag(name, version, key, value)
-        summary = card.split("\n## ")[0]  # the full card is an artifact; stores cap descriptions (5000 chars)
-        client.update_model_version(name, version, description=summary[:DESCRIPTION_LIMIT])
-        client.set_registered_model_alias(name, params.registry.alias, version)
-        log_to_pipeline(pipeline, tags={"registered_model": name, "registered_version": version})
-        result = {"model_name": name, "version": version, "alias": params.registry.alias, "model_uri": info.model_uri}
-        write_json(layout.registration, result)
-    run_logger().info("register: %s version %s is now @%s", name, version, params.registry.alias)
-    return result
+    info = mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=infer_signature(example, output),
+        input_example=example,
+        registered_model_name=name,
+        extra_files=[*files, str(layout.model_card)],
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+    )
+    version, alias = str(info.registered_model_version), params.registry.alias
+    pipeline = mlflow.active_run().data.tags["mlflow.parentRunId"]
+    client = MlflowClient()
+    for key, value in _version_tags(ckpt, metrics, exported, pruned, pipeline).items():
+        client.set_model_version_tag(name, version, key, value)
+    summary = card.split("\n## ")[0]  # the full card is an artifact; stores cap descriptions (5000 chars)
+    client.update_model_version(name, version, description=summary[:DESCRIPTION_LIMIT])
+    client.set_registered_model_alias(name, alias, version)
+    result = {"model_name": name, "version": version, "alias": alias, "model_uri": info.model_uri}
+    write_json(layout.registration, result)
+    return StageResult(
+        result,
+        params={"register.model_name": name, "register.alias": alias},
+        artifacts={layout.model: "checkpoint", layout.predictions: PREDICTIONS.rpartition("/")[0],
+                   layout.model_card: ""},
+        pipeline_tags={"registered_model": name, "registered_version": version},
+        summary=[f"register: {name} version {version} is now @{alias}"],
+    )  # fmt: skip

@@ -24,10 +24,10 @@ from pathlib import Path
 from classiflow.atomic import read_json
 from classiflow.config import Params
 from classiflow.errors import ClassiflowError
-from classiflow.layout import Layout, project_root
+from classiflow.layout import SPEC_FILE, Layout, project_root
 
 CHAMPION = "champion"
-SPEC = "preprocessing.json"
+SPEC = SPEC_FILE
 MODEL_FILES = ("model.onnx", "model.ts")  # what classiflow.serving.model.load_model_dir can run
 TEXT_TAGS = ("data_hash", "git_commit", "architecture")
 NOT_METRICS = ("previous_champion", "pipeline_run_id")  # numbers that measure nothing
@@ -45,24 +45,39 @@ class Ref:
     version: str | None = None
 
 
+def registered_name(params: Params, dataset: str) -> str:
+    """The name the register stage gives the model: ``register.model_name``, else ``classiflow-<dataset>``."""
+    return params.registry.model_name or f"classiflow-{dataset}"
+
+
 def default_name(params: Params, root: str | Path = ".") -> str:
-    """``register.model_name``, else the name the last ``register`` stage used."""
+    """The model meant when none is named: ``register.model_name``, else the one the last register used."""
     if params.registry.model_name:
         return params.registry.model_name
     registration = Layout.at(root).registration
     if registration.exists():
         return read_json(registration)["model_name"]
     raise ClassiflowError(
-        "which model? pass --model models:/<name>@champion (no register.model_name in params, "
-        f"no {registration.relative_to(Layout.at(root).root)})"
+        "which registered model? name it (--name, or --model models:/<name>@champion): no register.model_name "
+        f"in params, no {registration.relative_to(Layout.at(root).root)}"
     )
 
 
-def parse_ref(ref: str | None, params: Params) -> Ref:
-    """``models:/n@alias``, ``models:/n/3``, ``n@alias``, ``n/3``, ``n`` (its champion) or a directory."""
-    if ref is None:
-        name = default_name(params)
-        return Ref(f"models:/{name}@{CHAMPION}", name=name, alias=CHAMPION)
+def parse_ref(ref: str | None, params: Params, name: str | None = None, alias: str = CHAMPION) -> Ref:
+    """The one grammar of model references, for serve, predict and promote.
+
+    ``models:/n@alias``, ``models:/n/3``, ``n@alias``, ``n/3``, ``n`` (its ``alias``) or a directory; ``3``,
+    ``latest`` and ``@alias`` mean that version of ``name`` (default: :func:`default_name`), and None its
+    ``alias``.
+    """
+    if ref is None or ref.strip().startswith("@") or ref.strip().isdigit() or ref.strip() == "latest":
+        name = name or default_name(params)
+        text = (ref or f"@{alias}").strip()
+        if text.startswith("@"):
+            if not text[1:] or "/" in text:
+                raise ClassiflowError(f"{ref!r}: expected @<alias>, e.g. @champion")
+            return Ref(f"models:/{name}{text}", name=name, alias=text[1:])
+        return Ref(f"models:/{name}/{text}", name=name, version=text)
     text = ref.strip()
     registry = text.startswith("models:/")
     body = text.removeprefix("models:/").strip("/")
@@ -122,12 +137,9 @@ def version_metrics(tags: dict[str, str]) -> dict:
 
 
 def _client(params: Params):
-    from mlflow.tracking import MlflowClient
+    from classiflow.tracking.store import client
 
-    from tasks.tracking import setup
-
-    setup(params)
-    return MlflowClient()
+    return client(params)
 
 
 def _names(client) -> list[str]:
@@ -172,7 +184,7 @@ def cache_root() -> Path:
 
 
 def _cache_dir(version) -> Path:
-    from tasks.tracking import tracking_uri
+    from classiflow.tracking.store import tracking_uri
 
     key = json.dumps([tracking_uri(), version.source, version.run_id, version.creation_timestamp])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]

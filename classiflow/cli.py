@@ -1,7 +1,9 @@
-"""The classiflow command: one sub-command per DVC stage, plus promote, run and check.
+"""The classiflow command: one sub-command per stage of the table (what ``dvc repro`` calls), plus check,
+promote, rollback, recipes, serve, predict and run.
 
-Stage commands run the task bodies directly (``task.fn``) so a ``dvc repro`` needs no Prefect
-server; ``classiflow run`` runs the same tasks as the Prefect ``train-flow``.
+A stage command calls the stage's function directly and imports only what that stage needs: no Prefect,
+and MLflow only once the stage starts. ``classiflow run`` runs the same functions as the Prefect
+``train-flow`` (``flows/train.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from rich.console import Console
 
 from classiflow.config import Params, load_params
 from classiflow.errors import ClassiflowError
+from classiflow.pipeline import STAGES, Stage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 err = Console(stderr=True)
@@ -50,44 +53,19 @@ def _user_errors(fn):
     return wrapper
 
 
-def _stage(name: str):
+def _stage(stage: Stage) -> None:
     def run(params: ParamsFile = "params.yaml") -> None:
-        cfg: Params = load_params(params)
-        task = _task(name)
-        task.fn(".", cfg)
+        from classiflow.tracking.stage import run_stage
 
-    run.__name__ = name
-    run.__doc__ = f"Run the {name} stage in the current directory (what `dvc repro` calls)."
-    return app.command(name)(_user_errors(run))
+        run_stage(stage.name, ".", load_params(params))
 
-
-STAGES = ("download", "prepare", "augment", "train", "evaluate", "prune", "export", "register", "baseline", "compare")
+    run.__name__ = stage.name
+    run.__doc__ = f"Run the {stage.name} stage in the current directory (what `dvc repro` calls)."
+    app.command(stage.name)(_user_errors(run))
 
 
-# stage -> the tasks module defining it: a stage process imports only its own (each pulls in Prefect, MLflow
-# and torch; importing all eight added ~3 s to every stage)
-TASK_MODULES = {
-    "download": "data",
-    "prepare": "data",
-    "augment": "augment",
-    "train": "train",
-    "evaluate": "evaluate",
-    "prune": "prune",
-    "export": "export",
-    "register": "registry",
-    "baseline": "baseline",
-    "compare": "baseline",
-}
-
-
-def _task(name: str) -> Any:
-    import importlib
-
-    return getattr(importlib.import_module(f"tasks.{TASK_MODULES[name]}"), name)
-
-
-for _name in STAGES:
-    _stage(_name)
+for _stage_entry in STAGES:
+    _stage(_stage_entry)
 
 
 @app.command()
@@ -99,17 +77,9 @@ def check(params: ParamsFile = "params.yaml") -> None:
 
 
 def _model_name(cfg: Params, name: str | None) -> str:
-    from classiflow.atomic import read_json
-    from classiflow.layout import Layout
+    from classiflow.tracking.refs import default_name
 
-    registration = Layout.at(".").registration
-    if name is None:
-        name = cfg.registry.model_name or (read_json(registration)["model_name"] if registration.exists() else None)
-    if name is None:
-        raise ClassiflowError(
-            "which registered model? pass --name (no register.model_name, no reports/registration.json)"
-        )
-    return name
+    return name or default_name(cfg)
 
 
 def _print_outcome(outcome: Any) -> None:
@@ -162,7 +132,7 @@ def promote(
 
     Exits 3 when the gate refuses (also with --dry-run), so it can gate a CI job.
     """
-    from tasks.promotion import promote as do_promote
+    from classiflow.tracking.aliases import promote as do_promote
 
     cfg = load_params(params)
     outcome = do_promote(cfg, _model_name(cfg, name), version, force, dry_run)
@@ -179,7 +149,7 @@ def rollback(
     params: ParamsFile = "params.yaml",
 ) -> None:
     """Give @champion back to the previous champion (repeat to walk further back)."""
-    from tasks.promotion import rollback as do_rollback
+    from classiflow.tracking.aliases import rollback as do_rollback
 
     cfg = load_params(params)
     _print_outcome(do_rollback(cfg, _model_name(cfg, name), dry_run))
@@ -210,8 +180,8 @@ def recipe(name: Annotated[str, typer.Argument(help="Recipe name, e.g. fast.")])
     print(" ".join(shlex.quote(a) for a in dvc_set_args(load_recipe(name))))
 
 
-# serve and predict live in flows/cli_serving.py (the slim serving image's whole CLI path)
-from flows.cli_serving import predict, serve  # noqa: E402
+# serve and predict live in classiflow/cli_serving.py (the slim serving image's whole CLI path)
+from classiflow.cli_serving import predict, serve  # noqa: E402
 
 app.command()(_user_errors(predict))
 app.command()(_user_errors(serve))
@@ -240,12 +210,24 @@ def run(
 ) -> None:
     """Run the whole pipeline as the Prefect train-flow (the API from PREFECT_API_URL, else ephemeral)."""
     from classiflow.recipes import load_recipe
-    from flows.train import train_flow
 
     overrides = _parse_set(set_)
     load_params(params, (load_recipe(recipe) if recipe else {}) | overrides)
+    train_flow = _flow("train.py:train_flow")
     result = train_flow(params_file=params, overrides=overrides, workdir=workdir, recipe=recipe)
     Console().print_json(json.dumps(result))
+
+
+def _flow(entrypoint: str) -> Any:
+    """A flow of the project's ``flows/`` folder, loaded as Prefect loads a deployment's entrypoint."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    from classiflow.layout import project_root
+
+    path = project_root() / "flows" / entrypoint
+    if not path.with_name(entrypoint.partition(":")[0]).is_file():
+        raise ClassiflowError(f"{path.parent}: no flows here; run from the classiflow project folder")
+    return load_flow_from_entrypoint(str(path))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,4 @@
-"""MLflow wiring: where runs go, and how stage runs group under one pipeline run.
+"""How stage runs group under one pipeline run.
 
 A pipeline run is an MLflow parent run with every parameter; each stage is a nested run.
 The Prefect flow opens the parent itself. Under DVC every stage is its own process, so a
@@ -12,84 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
 from classiflow.atomic import read_json, write_json
 from classiflow.config import Params
-from classiflow.errors import ClassiflowError
-from classiflow.layout import Layout, project_root
+from classiflow.layout import Layout
+from classiflow.pipeline import BY_NAME
+from classiflow.tracking.store import git_commit, setup, tracking_uri
 
-UPSTREAM = {
-    "download": (),
-    "prepare": ("download",),
-    "augment": ("prepare",),
-    "train": ("prepare", "augment"),
-    "evaluate": ("train",),
-    "prune": ("train", "evaluate"),
-    "export": ("train", "prune"),
-    "register": ("evaluate", "export"),
-    "baseline": ("prepare",),
-    "compare": ("evaluate", "baseline"),
-}
 STAGE_TAG = "classiflow.stage"
 PIPELINE_TAG = "classiflow.pipeline"
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
-
-
-def _check_reachable(uri: str) -> None:
-    if not uri.startswith(("http://", "https://")):
-        return
-    import requests
-
-    try:
-        requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
-    except requests.RequestException as err:
-        reason = type(err).__name__ if isinstance(err, requests.ConnectionError) else err
-        raise ClassiflowError(
-            f"MLflow tracking server {uri} is unreachable ({reason}); start it or unset MLFLOW_TRACKING_URI"
-        ) from None
-
-
-def setup(params: Params) -> str:
-    """Point MLflow at the configured store and return the experiment id."""
-    uri = tracking_uri()
-    _check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(params.tracking.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-    try:
-        return client.create_experiment(params.tracking.experiment, artifact_location=location)
-    except mlflow.exceptions.MlflowException:
-        return client.get_experiment_by_name(params.tracking.experiment).experiment_id
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], capture_output=True, text=True, cwd=project_root(), timeout=10
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD") or "unknown"
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{commit}-dirty" if dirty and commit != "unknown" else commit
 
 
 def _same_params(run: mlflow.entities.Run, params: Params) -> bool:
@@ -99,7 +34,7 @@ def _same_params(run: mlflow.entities.Run, params: Params) -> bool:
 
 def _joinable_parent(client: MlflowClient, exp_id: str, layout: Layout, stage: str, params: Params) -> str | None:
     """The newest upstream stage's pipeline run, if this stage may still join it."""
-    records = [read_json(p) for p in (layout.record(s) for s in UPSTREAM[stage]) if p.exists()]
+    records = [read_json(p) for p in (layout.record(s) for s in BY_NAME[stage].upstream) if p.exists()]
     records = [r for r in records if r.get("tracking_uri") == tracking_uri() and r.get("pipeline_run_id")]
     if not records:
         return None
@@ -175,16 +110,3 @@ def log_to_pipeline(pipeline_run_id: str, metrics: dict | None = None, tags: dic
         client.log_metric(pipeline_run_id, key, float(value))
     for key, value in (tags or {}).items():
         client.set_tag(pipeline_run_id, key, str(value))
-
-
-def run_logger():
-    """Prefect's run logger inside a flow or task run, the ``classiflow`` logger under DVC."""
-    import logging
-
-    from prefect import get_run_logger
-    from prefect.exceptions import MissingContextError
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("classiflow")

@@ -1,0 +1,51 @@
+"""The stage table: every stage of the pipeline, once.
+
+The CLI's stage commands, the Prefect flow's order, the Prefect tasks and MLflow's grouping of stage runs
+under one pipeline run all follow this table, and a test checks ``dvc.yaml`` against it. Runners are named
+as ``module:function`` strings, imported only when their stage runs, so reading the table imports nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: what runs it, which stages' outputs it reads, and how it is logged and retried.
+
+    ``params`` are the dotted prefixes of ``params.yaml`` logged with the stage's MLflow run; ``kind``
+    (``deep`` or ``classical``) tags model runs so the UI can tell CNNs from the baseline.
+    """
+
+    name: str
+    runner: str
+    upstream: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()
+    kind: str | None = None
+    retries: int = 0
+    retry_delay_seconds: float = 0
+
+    def load(self) -> Callable[..., Any]:
+        module, _, function = self.runner.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("download", "classiflow.stages.download:run", (), ("data.source", "data.sha256"), retries=2,
+          retry_delay_seconds=10),
+    Stage("prepare", "classiflow.stages.prepare:run", ("download",), ("data",)),
+    Stage("augment", "classiflow.stages.augment:run", ("prepare",), ("augment",)),
+    Stage("train", "classiflow.stages.train:run", ("prepare", "augment"), ("model", "train"), "deep"),
+    Stage("evaluate", "classiflow.stages.evaluate:run", ("prepare", "train"), ("evaluate",), "deep"),
+    Stage("prune", "classiflow.stages.prune:run", ("prepare", "augment", "train", "evaluate"), ("prune",), "deep"),
+    Stage("export", "classiflow.stages.export:run", ("prepare", "train", "evaluate", "prune"), ("export",), "deep"),
+    Stage("baseline", "classiflow.stages.baseline:run", ("prepare",), ("baseline",), "classical"),
+    Stage("compare", "classiflow.stages.compare:run", ("evaluate", "baseline")),
+    Stage("register", "classiflow.tracking.register:run", ("prepare", "train", "evaluate", "prune", "export"),
+          ("registry",), "deep"),
+)  # fmt: skip
+BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
