@@ -43,9 +43,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("evaluate", "classiflow.stages.evaluate:run", ("prepare", "train"), ("evaluate",), "deep"),
     Stage("prune", "classiflow.stages.prune:run", ("prepare", "augment", "train", "evaluate"), ("prune",), "deep"),
     Stage("export", "classiflow.stages.export:run", ("prepare", "train", "evaluate", "prune"), ("export",), "deep"),
-    Stage("baseline", "classiflow.stages.baseline:run", ("prepare",), ("baseline",), "classical"),
-    Stage("compare", "classiflow.stages.compare:run", ("evaluate", "baseline")),
     Stage("register", "classiflow.tracking.register:run", ("prepare", "train", "evaluate", "prune", "export"),
           ("registry",), "deep"),
+    Stage("baseline", "classiflow.stages.baseline:run", ("prepare",), ("baseline",), "classical"),
+    Stage("compare", "classiflow.stages.compare:run", ("train", "evaluate", "baseline")),
 )  # fmt: skip
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}

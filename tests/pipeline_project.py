@@ -15,10 +15,11 @@ import pytest
 import yaml
 
 from classiflow.data.archive import sha256_file
+from classiflow.pipeline import STAGES as PIPELINE
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = ("download", "prepare", "augment", "train", "evaluate", "prune", "export", "register", "baseline", "compare")
+STAGES = tuple(stage.name for stage in PIPELINE)
 COPIED = ["dvc.yaml", "params.yaml", ".dvcignore", "prefect.toml", "classiflow", "tasks", "flows", "recipes"]
 
 

@@ -3,14 +3,17 @@ under it): which stages a change reruns. tests/test_e2e.py runs one such change 
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 import yaml
 
+from classiflow.pipeline import BY_NAME
 from tests.pipeline_project import STAGES
 
-DVC = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+REPO = Path(__file__).resolve().parents[1]
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
 def _paths(entries: list) -> list[str]:
@@ -35,9 +38,58 @@ def _rerun_by(stage: str) -> set[str]:
     return found
 
 
-def test_every_stage_is_one_cli_command_in_pipeline_order():
+def _module_file(module: str) -> Path | None:
+    base = REPO.joinpath(*module.split("."))
+    for path in (base / "__init__.py", base.with_suffix(".py")):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported(path: Path) -> set[str]:
+    """The classiflow modules (and possible submodules) ``path`` imports, at the top or inside functions."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in names if name.split(".")[0] == "classiflow"}
+
+
+def _code_of(module: str) -> set[str]:
+    """Every classiflow file ``module`` runs, following its imports and its packages' ``__init__`` files
+    (less those that import nothing: a docstring or a version string cannot change a stage's outputs)."""
+    found: set[Path] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = _module_file(name)
+        if path is None or path in found:
+            continue
+        found.add(path)
+        parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
+        todo += [*_imported(path), *parents]
+    return {str(p.relative_to(REPO)) for p in found if not (p.name == "__init__.py" and not _imported(p))}
+
+
+def test_every_stage_of_the_table_is_one_cli_command_in_its_order():
     assert tuple(DVC) == STAGES
     assert all(spec["cmd"] == f"classiflow {name}" for name, spec in DVC.items())
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_each_stage_reads_an_output_of_each_upstream_stage_and_of_no_other(name):
+    readers_of = {other for other in DVC if other != name and _feeds(other, name)}
+    assert readers_of == set(BY_NAME[name].upstream)
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_each_stage_depends_on_the_code_its_runner_runs(name):
+    deps = DVC[name]["deps"]
+    module = BY_NAME[name].runner.partition(":")[0]
+    missing = {f for f in _code_of(module) if not any(f == d or f.startswith(d + "/") for d in deps)}
+    assert not missing, f"dvc.yaml stage {name!r} lacks code deps: {sorted(missing)}"
 
 
 @pytest.mark.parametrize(
