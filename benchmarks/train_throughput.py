@@ -19,12 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from benchmarks.common import machine, prepared_cifar10, write_section  # noqa: E402
-from classiflow.config import TrainParams  # noqa: E402
+from classiflow.config import TrainParams, parse_params  # noqa: E402
 from classiflow.data.prepared import PreparedData, load_prepared  # noqa: E402
 from classiflow.models import build_model  # noqa: E402
+from classiflow.recipes import load_recipe  # noqa: E402
 from classiflow.training import fit  # noqa: E402
 
 
@@ -82,7 +84,9 @@ def main() -> None:
         source = "CIFAR-10 (cifar10-jpg.tar.gz), 45,000 train images"
     else:
         data, load_s, source = synthetic(), float("nan"), "synthetic uint8 arrays (shared data absent), 45,000 images"
-    cfg = TrainParams(epochs=args.epochs, batch_size=args.batch_size, device="cpu", scheduler="none")
+    run = {"train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.device": "cpu"}
+    run["train.scheduler"] = "none"
+    cfg = parse_params({}, overrides=load_recipe("article", REPO) | run).train  # the article's optimiser
     bare, pipe, stage_wall = [], [], []
     for _ in range(args.repeats):
         bare.append(bare_loop(data, cfg))

@@ -20,8 +20,9 @@ FORMAT = 1
 
 
 def model_spec(model: ModelParams | str, meta: dict) -> dict[str, Any]:
-    """The keyword arguments of :func:`build_model`: the params' architecture, the data's shape."""
-    model = ModelParams(name=model) if isinstance(model, str) else model
+    """The keyword arguments of :func:`build_model`: the params' architecture (a bare name: at its own
+    width), the data's shape."""
+    model = ModelParams(name=model, width=None) if isinstance(model, str) else model
     return {
         "name": model.name,
         "in_channels": int(meta["channels"]),

@@ -1,8 +1,9 @@
-"""Named training recipes: complete ``model``/``augment``/``train``/``evaluate`` settings kept in
-``recipes/<name>.yaml`` and applied as overrides, exactly as ``dvc exp run -S`` would apply them.
+"""Named training recipes: ``recipes/<name>.yaml`` names only what differs from the defaults (the
+pydantic defaults, which ``params.yaml`` equals), as lightning-hydra-template's experiment configs do.
 
-A recipe sets every key of the sections it owns, so applying one after another leaves nothing
-of the first behind.
+Applied, a recipe sets every key of the sections it owns (``model``, ``augment``, ``train``,
+``evaluate``): the default of each, then the recipe's differences. So applying one recipe after
+another leaves nothing of the first behind, and ``dvc exp run -S`` gets the complete settings.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def list_recipes(root: str | Path | None = None) -> dict[str, str]:
 
 
 def load_recipe(name: str, root: str | Path | None = None) -> dict[str, Any]:
-    """The recipe's settings as dotted overrides, e.g. ``{"train.epochs": 10, ...}``."""
+    """Every key of the owned sections as dotted overrides, e.g. ``{"train.epochs": 10, ...}``."""
     path = recipes_dir(root) / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(list_recipes(root)) or "none found"
@@ -43,9 +44,10 @@ def load_recipe(name: str, root: str | Path | None = None) -> dict[str, Any]:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ClassiflowError(f"{path}: a recipe sets only {', '.join(SECTIONS)} (got {', '.join(sorted(unknown))})")
-    overrides = {f"{s}.{k}": v for s, values in sections.items() for k, v in (values or {}).items()}
-    parse_params({}, str(path), overrides)  # fail here, naming the recipe file, not in a stage
-    return overrides
+    diff = {f"{s}.{k}": v for s, values in sections.items() for k, v in (values or {}).items()}
+    parse_params({}, str(path), diff)  # fail here, naming the recipe file, not in a stage
+    defaults = Params().model_dump(by_alias=True)
+    return {f"{s}.{k}": v for s in SECTIONS for k, v in defaults[s].items()} | diff
 
 
 def apply_recipe(raw_params: dict, name: str, root: str | Path | None = None) -> Params:

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from classiflow.config import Params, TrainParams, apply_overrides, parse_params
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -66,6 +68,31 @@ def _classiflow_logger_restored():
     yield
     logger.handlers[:], logger.propagate = saved[0], saved[1]
     logger.setLevel(saved[2])
+
+
+# The one shrunk configuration in-process tests start from, as lightning-hydra-template's conftest builds one:
+# the committed defaults (equal to params.yaml) with every run cut to seconds on toy data.
+SHRUNK = {
+    "train.epochs": 1,
+    "train.min_steps": 0,
+    "train.batch_size": 16,
+    "train.device": "cpu",
+    "prune.finetune_epochs": 1,
+    "prune.latency_repeats": 3,
+    "export.latency_repeats": 3,
+}
+
+
+def shrunk_params(raw: dict | None = None, overrides: dict | None = None) -> Params:
+    """The shrunk defaults, then ``raw`` sections and dotted ``overrides`` on top (a test's own settings win)."""
+    merged = apply_overrides({}, SHRUNK)
+    for section, values in (raw or {}).items():
+        merged.setdefault(section, {}).update(values)
+    return parse_params(merged, "shrunk test params", overrides)
+
+
+def shrunk_train(**fields) -> TrainParams:
+    return TrainParams(**(shrunk_params().train.model_dump() | fields))
 
 
 @pytest.fixture

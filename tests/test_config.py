@@ -15,6 +15,11 @@ def test_committed_params_file_is_valid():
     assert params.flat()["register.alias"] == "challenger"
 
 
+def test_the_code_defaults_are_the_committed_params_file():
+    """One set of defaults: a key added to the code and not to params.yaml (or changed in one) fails here."""
+    assert load_params(REPO / "params.yaml") == Params()
+
+
 def test_unknown_key_names_the_key():
     with pytest.raises(ClassiflowError, match=r"train\.epochz: unknown key"):
         parse_params({"train": {"epochz": 3}})

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from classiflow.atomic import read_json, write_json
 from classiflow.checkpoint import load_checkpoint
-from classiflow.config import DataParams, parse_params
+from classiflow.config import DataParams
 from classiflow.data.download import download
 from classiflow.data.prepare import prepare
 from classiflow.errors import ClassiflowError
@@ -25,6 +25,7 @@ from classiflow.stages import evaluate as evaluate_stage
 from classiflow.stages import export as export_stage
 from classiflow.stages import train as train_stage
 from classiflow.tensors import WithPreprocessing, mirror_average
+from tests.conftest import shrunk_params
 from tests.imagegen import CLASSES, draw, write_image_folder
 
 SIZE = 16
@@ -157,9 +158,7 @@ def trained(tmp_path_factory):
     layout = Layout.at(root / "p")
     download(str(folder), layout.raw)
     prepare(layout.raw, layout.prepared, DataParams(image_size=SIZE, val_fraction=0.2))
-    params = parse_params(
-        {"model": {"name": "resnet8", "width": None}, "train": {"epochs": 1, "batch_size": 16, "device": "cpu"}}
-    )
+    params = shrunk_params({"model": {"name": "resnet8", "width": None}})
     for stage in (augment_stage, train_stage, evaluate_stage):
         stage.run(layout, params)
     return layout, params

@@ -3,12 +3,12 @@ import pytest
 import torch
 
 from classiflow.checkpoint import load_checkpoint, model_spec, save_checkpoint
-from classiflow.config import TrainParams
 from classiflow.data.prepared import PreparedData
 from classiflow.errors import ClassiflowError
 from classiflow.models import build_model
 from classiflow.models.simplecnn import SimpleCNN
 from classiflow.training import fit, select_device
+from tests.conftest import shrunk_train
 
 
 @pytest.mark.parametrize("channels,size", [(3, 32), (1, 28), (3, 64)])
@@ -60,7 +60,7 @@ def _toy_data(n=240, size=16, seed=0) -> PreparedData:
 def test_fit_learns_and_reports_history():
     data = _toy_data()
     model = build_model("simplecnn", 1, 2, 16)
-    result = fit(model, data, TrainParams(epochs=4, batch_size=16, lr=0.01, device="cpu"))
+    result = fit(model, data, shrunk_train(epochs=4, lr=0.01, scheduler="step"))
     assert len(result.history) == 4
     assert result.best_val_accuracy >= 0.9
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
@@ -69,13 +69,15 @@ def test_fit_learns_and_reports_history():
 
 def test_step_lr_follows_the_schedule():
     result = fit(
-        build_model("simplecnn", 1, 2, 16), _toy_data(), TrainParams(epochs=3, step_size=1, gamma=0.5, device="cpu")
+        build_model("simplecnn", 1, 2, 16),
+        _toy_data(),
+        shrunk_train(epochs=3, lr=0.001, scheduler="step", step_size=1, gamma=0.5),
     )
     assert [h["lr"] for h in result.history] == pytest.approx([0.001, 0.0005, 0.00025])
 
 
 def test_same_seed_gives_same_weights():
-    cfg = TrainParams(epochs=2, batch_size=32, optimizer="adam", device="cpu")
+    cfg = shrunk_train(epochs=2, batch_size=32, optimizer="adam", lr=1e-3)
     a = fit(build_model("simplecnn", 1, 2, 16), _toy_data(), cfg).best_state
     b = fit(build_model("simplecnn", 1, 2, 16), _toy_data(), cfg).best_state
     c = fit(build_model("simplecnn", 1, 2, 16), _toy_data(), cfg.model_copy(update={"seed": 1})).best_state

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from classiflow.atomic import read_json
 from classiflow.checkpoint import load_checkpoint
-from classiflow.config import DataParams, TrainParams, parse_params
+from classiflow.config import DataParams
 from classiflow.data.download import download
 from classiflow.data.prepare import prepare
 from classiflow.errors import ClassiflowError
@@ -31,6 +31,7 @@ from classiflow.stages import evaluate as evaluate_stage
 from classiflow.stages import prune as prune_stage
 from classiflow.stages import train as train_stage
 from classiflow.training import fit
+from tests.conftest import shrunk_params, shrunk_train
 from tests.imagegen import write_image_folder
 from tests.test_models_training import _toy_data
 
@@ -77,7 +78,7 @@ def test_finetuning_with_ema_keeps_the_pruned_weights_at_zero(monkeypatch):
     model = build_model("simplecnn", 1, 2, 16)
     global_unstructured(model, 0.5)
     before = model.features[3].weight_orig.detach().clone()
-    fit(detach_masked_weights(model), _toy_data(), TrainParams(epochs=1, batch_size=32, lr=0.05, ema=0.9, device="cpu"))
+    fit(detach_masked_weights(model), _toy_data(), shrunk_train(batch_size=32, lr=0.05, ema=0.9))
     assert not torch.equal(model.features[3].weight_orig, before)
     assert sparsity(make_permanent(model)) == pytest.approx(0.5, abs=1e-3)
 
@@ -161,9 +162,7 @@ class _Steps:
 def test_the_stage_prunes_finetunes_measures_and_sweeps(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 1)  # fit() would otherwise take every core
     layout = _project(tmp_path)
-    params = parse_params(
-        {"model": {"name": "resnet8", "width": 8}, "train": {"epochs": 1, "batch_size": 16, "device": "cpu"}}
-    )
+    params = shrunk_params({"model": {"name": "resnet8", "width": 8}})
     prune_params = PruneParams(amount=0.5, steps=2, finetune_epochs=1, sweep=[0.5], latency_repeats=3)
     params = params.model_copy(update={"prune": prune_params})
     with pytest.raises(ClassiflowError, match="run the train stage first"):

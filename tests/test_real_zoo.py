@@ -81,7 +81,7 @@ def _train(name: str, data: PreparedData, steps: int) -> torch.nn.Module:
         recipe = {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
     cfg = TrainParams(
         **recipe, epochs=1, min_steps=steps, batch_size=64, scheduler="onecycle", warmup_epochs=0.25,
-        label_smoothing=0.1, channels_last=name != "vit", device="cpu",
+        label_smoothing=0.1, channels_last=name != "vit", bias_lr_scale=1.0, device="cpu",
     )  # fmt: skip
     augment = build_augment(AugmentParams(flip=data.channels == 3, translate=2), len(data.classes))
     fit(net, data, cfg, None, Inputs(augment=augment))

@@ -1,4 +1,5 @@
-"""Named recipes: complete, valid, the default params.yaml is `quick`, and each trains on grayscale 28x28."""
+"""Named recipes: diffs over the defaults, complete once applied, valid; params.yaml is `quick`; each trains on
+grayscale 28x28."""
 
 import shlex
 import subprocess
@@ -40,6 +41,13 @@ def test_a_recipe_sets_every_key_of_its_sections(name):
 
 def test_params_yaml_is_the_quick_recipe():
     assert load_params(REPO / "params.yaml") == load_params(REPO / "params.yaml", load_recipe("quick", REPO))
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_a_recipe_file_names_only_what_differs_from_the_defaults(name):
+    raw = yaml.safe_load((REPO / "recipes" / f"{name}.yaml").read_text())["params"] or {}
+    defaults = parse_params({}).model_dump(by_alias=True)
+    assert all(defaults[s][k] != v for s, values in raw.items() for k, v in values.items())
 
 
 def test_article_recipe_is_the_sources_settings():

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from classiflow.config import DataParams, TrainParams, parse_params
+from classiflow.config import DataParams, TrainParams
 from classiflow.data.download import download
 from classiflow.data.prepare import prepare
 from classiflow.errors import ClassiflowError
@@ -20,18 +20,18 @@ from classiflow.stages import augment as augment_stage
 from classiflow.stages import train as train_stage
 from classiflow.training import autocast, fit
 from classiflow.training.optim import lr_factor, make_optimizer
-from tests.conftest import REPO
+from tests.conftest import REPO, shrunk_params, shrunk_train
 from tests.imagegen import write_image_folder
 from tests.test_models_training import _toy_data
 
 
 def _fit(**cfg):
     model = build_model("simplecnn", 1, 2, 16)
-    return model, fit(model, _toy_data(), TrainParams(device="cpu", **cfg))
+    return model, fit(model, _toy_data(), shrunk_train(**cfg))
 
 
 def test_cosine_warmup_rises_then_decays_to_zero():
-    cfg = TrainParams(epochs=4, scheduler="cosine", warmup_epochs=1, lr=0.1)
+    cfg = shrunk_train(epochs=4, scheduler="cosine", warmup_epochs=1, lr=0.1)
     factor = lr_factor(cfg, steps_per_epoch=10)
     rising = [factor(s) for s in range(10)]
     assert rising == sorted(rising) and rising[-1] == pytest.approx(1.0)
@@ -47,7 +47,7 @@ def test_onecycle_peaks_at_lr_inside_the_run():
 
 def test_weight_decay_skips_norm_and_bias_parameters():
     model = build_model("resnet8", 3, 10, 32)
-    opt = make_optimizer(model, TrainParams(weight_decay=5e-4, optimizer="sgd", nesterov=True))
+    opt = make_optimizer(model, shrunk_train(weight_decay=5e-4, optimizer="sgd", nesterov=True))
     decayed, plain = opt.param_groups
     assert decayed["weight_decay"] == 5e-4 and plain["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim <= 1 for p in plain["params"])
@@ -108,15 +108,17 @@ def _project(tmp_path, name="a"):
     layout = Layout.at(tmp_path / name)
     download(str(folder), layout.raw)
     prepare(layout.raw, layout.prepared, DataParams(image_size=32, val_fraction=0.2))
-    augment_stage.run(layout, parse_params(RESUME_PARAMS))
+    augment_stage.run(layout, RESUME)
     return layout
 
 
-RESUME_PARAMS = {
-    "model": {"name": "resnet8"},
-    "augment": {"flip": True, "translate": 2, "erasing": 0.5, "mix": "mixup"},
-    "train": {"epochs": 6, "batch_size": 16, "lr": 0.05, "scheduler": "cosine", "ema": 0.9, "device": "cpu"},
-}
+RESUME = shrunk_params(
+    {
+        "model": {"name": "resnet8"},
+        "augment": {"flip": True, "translate": 2, "erasing": 0.5, "mix": "mixup"},
+        "train": {"epochs": 6, "lr": 0.05, "scheduler": "cosine", "ema": 0.9},
+    }
+)
 
 
 def test_killed_train_stage_resumes_to_the_same_weights(tmp_path):
@@ -125,13 +127,13 @@ def test_killed_train_stage_resumes_to_the_same_weights(tmp_path):
     straight = Layout.at(tmp_path / "straight")
     shutil.copytree(killed.prepared, straight.prepared)
     shutil.copytree(killed.augmented, straight.augmented)
-    params = parse_params(RESUME_PARAMS)
+    params = RESUME
     code = (
         "import json, sys; from classiflow.config import parse_params; from classiflow.layout import Layout;"
         "from classiflow.stages import train; train.run(Layout.at(sys.argv[1]), parse_params(json.loads(sys.argv[2])))"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(killed.root), json.dumps(RESUME_PARAMS)],
+        [sys.executable, "-c", code, str(killed.root), json.dumps(RESUME.model_dump(by_alias=True))],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -158,7 +160,7 @@ def test_a_resume_point_is_used_only_by_the_same_configuration(tmp_path):
     from classiflow.training.loop import Resume
 
     path = tmp_path / "last.pt"
-    cfg = TrainParams(epochs=2, batch_size=16, lr=0.05, device="cpu")
+    cfg = shrunk_train(epochs=2, lr=0.05)
     first = fit(build_model("simplecnn", 1, 2, 16), _toy_data(), cfg, resume=Resume(path, "A"))
     assert path.exists() and first.resumed_from_epoch == 0
     again = fit(build_model("simplecnn", 1, 2, 16), _toy_data(), cfg, resume=Resume(path, "A"))

@@ -31,9 +31,9 @@ class PruneParams(BaseModel):
     # reach ``amount`` in this many equal increments, fine-tuning after each
     steps: int = Field(1, ge=1, le=100)
     finetune_epochs: int = Field(2, ge=0)
-    finetune_lr: float = Field(0.01, gt=0.0)
+    finetune_lr: float = Field(0.05, gt=0.0)
     # amounts of the pruning-vs-accuracy/latency curve, each pruned WITHOUT fine-tuning; [] = no sweep
-    sweep: list[float] = []
+    sweep: list[float] = [0.25, 0.5, 0.75]
     latency_repeats: int = Field(50, ge=1)
     # points of test accuracy the pruned model may lose; over it, it is reported as rejected and not exported
     max_accuracy_drop: float = Field(1.0, ge=0.0, le=100.0)
