@@ -39,11 +39,12 @@ endif
 WORKERS ?= auto
 PYTEST := $(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
+# Three tiers (pyproject.toml's markers): unit (unmarked), integration, e2e; `make test` runs them all.
 test: install
-	$(PYTEST) --durations=25
+	$(PYTEST)
 
 test-fast: install
-	$(PYTEST) -m "not e2e and not real_data"
+	$(PYTEST) -m unit
 
 lint: install
 	$(BIN)/ruff check classiflow tasks flows tests benchmarks

@@ -35,12 +35,22 @@ sys.path.insert(0, str(REPO))
 
 from tests.imagegen import write_image_folder  # noqa: E402
 
+TIERS = ("unit", "integration", "e2e")
+
 
 def pytest_collection_modifyitems(items):
-    """Longest files first. pytest-xdist schedules by node id, so two items sharing one would run once (on pytest 9
-    every operation of schemathesis' ``test_api`` had the same id, and 6 of its 7 silently never ran)."""
+    """A test without a tier marker is a unit test (in-process, no servers, a few training steps at most); one
+    in two tiers is a mistake. Longest files first. pytest-xdist schedules by node id, so two items sharing one
+    would run once (on pytest 9 every operation of schemathesis' ``test_api`` had the same id, and 6 of its 7
+    silently never ran)."""
     if len({item.nodeid for item in items}) != len(items):
         raise pytest.UsageError("two test items share a node id; pytest-xdist would run only one of them")
+    for item in items:
+        tiers = [tier for tier in TIERS if item.get_closest_marker(tier)]
+        if len(tiers) > 1:
+            raise pytest.UsageError(f"{item.nodeid}: in tiers {', '.join(tiers)}; a test belongs to one")
+        if not tiers:
+            item.add_marker(pytest.mark.unit)
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
 

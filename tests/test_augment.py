@@ -42,7 +42,7 @@ def test_policy_none_is_identity():
 def test_defaults_are_flip_and_translate():
     aug = policy()
     assert not aug.is_identity and not aug.has_mix
-    assert aug.describe() == ["horizontal flip p=0.5 (batched)", "translate ±4 px (zero-padded random crop, batched)"]
+    assert aug.describe() == ["horizontal flip p=0.5 (batched)", "translate ±2 px (zero-padded random crop, batched)"]
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,7 @@ def digits(digits_root):
     return load_prepared(digits_root.prepared, ("train", "test"))
 
 
+@pytest.mark.integration
 def test_dense_sift_bag_of_words_on_digits(digits_root, tmp_path):
     params = BaselineParams(**FAST_SIFT)
     summary = stage.fit_baseline(digits_root, params, cache_dir=tmp_path / "cache")

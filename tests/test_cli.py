@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -84,6 +85,7 @@ def test_stage_commands_and_prefect_tasks_follow_the_stage_table():
     assert TASKS["download"].retries == 2
 
 
+@pytest.mark.integration
 def test_a_stage_process_imports_neither_prefect_nor_more_than_its_stage_needs():
     """The CLI itself imports no heavy library; a stage's runner pulls in what it needs, never Prefect."""
     code = (

@@ -29,6 +29,8 @@ from PIL import Image
 
 from tests.serve_fixtures import export_model_dir
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "docker-test-token"
 PROJECT = {"classiflow"}

@@ -110,6 +110,7 @@ def test_predict_cli_exits_1_when_nothing_decodes_and_on_missing_paths(exported,
     assert wrong.exit_code == 1 and "no preprocessing.json" in wrong.stderr
 
 
+@pytest.mark.integration
 def test_batch_predict_flow_logs_counts_distribution_and_csv(folder, exported, tmp_path, monkeypatch, mlflow_uri):
     import mlflow
     from prefect.testing.utilities import prefect_test_harness

@@ -21,7 +21,7 @@ from tests.pipeline_project import (
 from tests.real_images import cifar_subset
 from tests.test_e2e import SHORT
 
-pytestmark = pytest.mark.real_data
+pytestmark = [pytest.mark.e2e, pytest.mark.real_data]
 
 
 @pytest.fixture(scope="module")

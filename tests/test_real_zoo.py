@@ -27,7 +27,7 @@ from classiflow.training import fit
 from classiflow.training.loop import Inputs
 from tests.real_images import cifar_subset, mnist_available, write_mnist_archive
 
-pytestmark = pytest.mark.real_data
+pytestmark = [pytest.mark.integration, pytest.mark.real_data]
 TRAIN_IMAGES, TEST_IMAGES = 3000, 1000
 STEPS = {"cifar10": 200, "digits": 150}  # of 64 images: enough to learn, so that near-ties do not dominate
 # Narrower versions of the costly architectures keep the tier to minutes; the structure that int8 meets (the
@@ -76,12 +76,12 @@ def _train(name: str, data: PreparedData, steps: int) -> torch.nn.Module:
     if name == "fastnet":
         recipe = {"lr": 1.5, "momentum": 0.85, "nesterov": True, "weight_decay": 0.0013, "bias_lr_scale": 16.0}
     elif name == "vit":
-        recipe = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05}
+        recipe = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05, "bias_lr_scale": 1.0}
     else:
-        recipe = {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
+        recipe = {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "bias_lr_scale": 1.0}
     cfg = TrainParams(
         **recipe, epochs=1, min_steps=steps, batch_size=64, scheduler="onecycle", warmup_epochs=0.25,
-        label_smoothing=0.1, channels_last=name != "vit", bias_lr_scale=1.0, device="cpu",
+        label_smoothing=0.1, channels_last=name != "vit", device="cpu",
     )  # fmt: skip
     augment = build_augment(AugmentParams(flip=data.channels == 3, translate=2), len(data.classes))
     fit(net, data, cfg, None, Inputs(augment=augment))

@@ -70,6 +70,7 @@ def test_unknown_recipe_and_bad_recipe_are_clear_errors(tmp_path):
         load_recipe("data", tmp_path)
 
 
+@pytest.mark.integration
 def test_recipe_command_prints_dvc_set_arguments():
     cli = str(Path(sys.executable).parent / "classiflow")
     out = subprocess.run([cli, "recipe", "fast"], cwd=REPO, capture_output=True, text=True, timeout=120)

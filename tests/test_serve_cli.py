@@ -21,6 +21,7 @@ from classiflow.errors import ClassiflowError
 from classiflow.tracking.refs import latest_version, parse_ref, resolve, version_metrics
 from tests.serve_fixtures import export_model_dir
 
+pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
 TAGS = {"test_accuracy": "0.812500", "macro_f1": "0.8", "latency_ms_batch1": "0.42", "data_hash": "0" * 64}
 

@@ -26,6 +26,7 @@ from tests.serve_http import ServerThread
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
+    pytest.mark.integration,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="no system Chromium at /usr/bin/chromium"),
     pytest.mark.usefixtures("one_torch_thread"),
 ]

@@ -121,6 +121,7 @@ RESUME = shrunk_params(
 )
 
 
+@pytest.mark.integration
 def test_killed_train_stage_resumes_to_the_same_weights(tmp_path):
     """kill -9 mid-run, rerun with the same params: same final weights as never stopping."""
     killed = _project(tmp_path, "killed")
