@@ -170,3 +170,30 @@ def test_a_resume_point_is_used_only_by_the_same_configuration(tmp_path):
     assert other.resumed_from_epoch == 0
     path.write_bytes(b"torn")
     assert fit(build_model("simplecnn", 1, 2, 16), _toy_data(), cfg, resume=Resume(path, "B")).resumed_from_epoch == 0
+
+
+def test_a_train_state_restores_what_it_captured(tmp_path):
+    from classiflow.training.optim import make_ema, make_scheduler
+    from classiflow.training.resume import load_state, save_state
+    from classiflow.training.state import TrainState
+
+    def new_state(seed: int) -> TrainState:
+        torch.manual_seed(seed)
+        model = build_model("simplecnn", 1, 2, 16)
+        cfg = shrunk_train(ema=0.9)
+        optimizer = make_optimizer(model, cfg)
+        return TrainState(
+            model, optimizer, make_scheduler(optimizer, cfg, 10), torch.amp.GradScaler("cpu", enabled=False),
+            make_ema(model, cfg.ema), {"order": torch.Generator().manual_seed(seed)},
+        )  # fmt: skip
+
+    saved = new_state(0)
+    saved.end_epoch({"epoch": 1, "val_accuracy": 0.75, "epoch_seconds": 2.0}, saved.model)
+    save_state(tmp_path / "last.pt", saved.capture("fp"))
+    restored = new_state(1)
+    restored.restore(load_state(tmp_path / "last.pt", "fp"))
+    assert (restored.epoch, restored.best_epoch, restored.best_val_accuracy, restored.train_time) == (1, 1, 0.75, 2.0)
+    before, after = saved.model.state_dict(), restored.model.state_dict()
+    assert all(torch.equal(before[key], after[key]) for key in before)
+    draw = {name: torch.randperm(9, generator=s.generators["order"]) for name, s in (("a", saved), ("b", restored))}
+    assert torch.equal(draw["a"], draw["b"])

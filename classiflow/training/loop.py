@@ -3,16 +3,18 @@ best-by-validation weights and a resume point after every epoch.
 
 Batches are gathered straight from one uint8 tensor (no per-sample Dataset calls), so the
 loop runs as fast as a bare PyTorch loop on the same arrays; ``benchmarks/`` checks that.
+The epoch is its own function (:func:`train_one_epoch`, as in torchvision's references), and
+everything a resumed run continues from is one object (:class:`TrainState`).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,12 +25,14 @@ from classiflow.cpu import usable_cores
 from classiflow.data.prepared import PreparedData
 from classiflow.progress import task_progress
 from classiflow.tensors import Normalizer, predict_logits, to_nchw
-from classiflow.training.device import autocast, rng_state, seed_everything, select_device, set_rng_state
+from classiflow.training.device import autocast, seed_everything, select_device
 from classiflow.training.optim import make_ema, make_optimizer, make_scheduler
 from classiflow.training.resume import load_state, save_state
+from classiflow.training.state import TrainState
 
 log = logging.getLogger("classiflow.training")
 DATA_INIT_IMAGES = 5000
+PROGRESS_EVERY = 20  # steps between progress-bar updates (each one syncs the loss)
 
 
 @dataclass
@@ -62,6 +66,23 @@ class Inputs:
     augment_seed: int = 0
 
 
+@dataclass
+class Batches:
+    """The run's tensors on its device, and how an epoch walks them."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    copies: list[tuple[torch.Tensor, torch.Tensor]]
+    val: tuple[torch.Tensor, torch.Tensor]
+    normalizer: Normalizer
+    batch_size: int
+    steps_per_epoch: int
+    memory_format: torch.memory_format
+
+    def source(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The train split, or the epoch's materialised augmented copy (copies rotate by epoch)."""
+        return self.copies[(epoch - 1) % len(self.copies)] if self.copies else self.train
+
+
 def evaluate_split(model, images, labels, normalizer, device, batch_size=1024) -> tuple[float, float]:
     logits = predict_logits(model, images, normalizer, device, batch_size)
     loss = F.cross_entropy(logits, labels).item()
@@ -73,8 +94,101 @@ def planned_epochs(cfg: TrainParams, steps_per_epoch: int) -> int:
     return max(cfg.epochs, -(-cfg.min_steps // max(steps_per_epoch, 1)))
 
 
-def _cpu_state(model: nn.Module) -> dict:
-    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+def _batches(model: nn.Module, data: PreparedData, cfg: TrainParams, inputs: Inputs, device: torch.device) -> Batches:
+    """Move the model and the splits to ``device``; models with a data-dependent first layer see the data."""
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format)
+    normalizer = Normalizer(data.meta["mean"], data.meta["std"]).to(device)
+    x_train = to_nchw(data.images["train"]).to(device)
+    if hasattr(model, "data_init"):
+        with torch.no_grad():
+            model.data_init(normalizer(x_train[:DATA_INIT_IMAGES]))
+    n = len(x_train)
+    batch_size = min(cfg.batch_size, n)
+    return Batches(
+        train=(x_train, torch.from_numpy(data.labels["train"]).to(device)),
+        copies=[(to_nchw(x).to(device), torch.from_numpy(y).to(device)) for x, y in inputs.copies],
+        val=(to_nchw(data.images["val"]), torch.from_numpy(data.labels["val"])),
+        normalizer=normalizer,
+        batch_size=batch_size,
+        steps_per_epoch=n // batch_size,  # the last partial batch is dropped: BN needs > 1 sample
+        memory_format=memory_format,
+    )
+
+
+def _new_state(model: nn.Module, cfg: TrainParams, steps_per_epoch: int, augment_seed: int, device) -> TrainState:
+    optimizer = make_optimizer(model, cfg)
+    return TrainState(
+        model=model,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, cfg, steps_per_epoch),
+        scaler=torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
+        ema=make_ema(model, cfg.ema),
+        generators={
+            "order": torch.Generator().manual_seed(cfg.seed),
+            "augment": torch.Generator().manual_seed(augment_seed),
+        },
+    )
+
+
+def train_one_epoch(
+    train_model: nn.Module,
+    state: TrainState,
+    batches: Batches,
+    augment: Any,
+    cfg: TrainParams,
+    epoch: int,
+    on_progress: Callable[[int, str], None],
+) -> dict:
+    """One pass over the epoch's batches: augment, step, schedule, average; the train half of the stats."""
+    state.model.train()
+    device = batches.train[0].device
+    x_src, y_src = batches.source(epoch)
+    order = torch.randperm(len(batches.train[1]), generator=state.generators["order"]).to(device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    lr = state.optimizer.param_groups[0]["lr"]
+    size, start = batches.batch_size, time.perf_counter()
+    for step in range(batches.steps_per_epoch):
+        idx = order[step * size : (step + 1) * size]
+        xb, yb = x_src[idx], y_src[idx]
+        if augment is not None and not batches.copies:
+            xb = augment.images(xb, state.generators["augment"])
+        xb = batches.normalizer(xb).contiguous(memory_format=batches.memory_format)
+        target = yb
+        if augment is not None:
+            xb, target = augment.mix(xb, yb, state.generators["augment"])
+        with autocast(device, cfg.precision):
+            out = train_model(xb)
+        loss = F.cross_entropy(out.float(), target, label_smoothing=cfg.label_smoothing)
+        _step(state, loss, cfg.grad_clip)
+        loss_sum += loss.detach() * len(yb)
+        correct += (out.detach().argmax(1) == yb).sum()
+        if step % PROGRESS_EVERY == PROGRESS_EVERY - 1:
+            rate = (step + 1) * size / (time.perf_counter() - start)
+            on_progress(PROGRESS_EVERY, f"epoch {epoch} loss {loss.item():.3f} {rate:,.0f} img/s")
+    seconds = time.perf_counter() - start
+    seen = batches.steps_per_epoch * size
+    return {
+        "train_loss": loss_sum.item() / seen,
+        "train_accuracy": correct.item() / seen,
+        "lr": lr,
+        "images_per_second": seen / seconds,
+        "epoch_seconds": seconds,
+    }
+
+
+def _step(state: TrainState, loss: torch.Tensor, grad_clip: float | None) -> None:
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if grad_clip is not None:
+        state.scaler.unscale_(state.optimizer)
+        nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update_parameters(state.model)
 
 
 def fit(
@@ -91,136 +205,45 @@ def fit(
     device = select_device(cfg.device)
     if device.type == "cpu":
         torch.set_num_threads(usable_cores())
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=memory_format)
-    normalizer = Normalizer(data.meta["mean"], data.meta["std"]).to(device)
-    x_train = to_nchw(data.images["train"]).to(device)
-    y_train = torch.from_numpy(data.labels["train"]).to(device)
-    sources = [(to_nchw(x).to(device), torch.from_numpy(y).to(device)) for x, y in inputs.copies]
-    x_val, y_val = to_nchw(data.images["val"]), torch.from_numpy(data.labels["val"])
-    if hasattr(model, "data_init"):
-        with torch.no_grad():
-            model.data_init(normalizer(x_train[:DATA_INIT_IMAGES]))
-    n = len(y_train)
-    batch_size = min(cfg.batch_size, n)
-    steps_per_epoch = n // batch_size  # the last partial batch is dropped: BN needs > 1 sample
-    cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, steps_per_epoch)})
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
-    ema = make_ema(model, cfg.ema)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    batches = _batches(model, data, cfg, inputs, device)
+    steps = batches.steps_per_epoch
+    cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, steps)})
+    state = _new_state(model, cfg, steps, inputs.augment_seed, device)
+    saved = load_state(resume.path, resume.fingerprint) if resume and resume.enabled else None
+    if saved is not None:
+        state.restore(saved)
+        log.info("resuming from epoch %d of %d (%s)", state.epoch, cfg.epochs, resume.path)
+    resumed_from = state.epoch
     train_model = torch.compile(model) if cfg.compile else model
-    generators = {"order": torch.Generator().manual_seed(cfg.seed)}
-    generators["augment"] = torch.Generator().manual_seed(inputs.augment_seed)
     augment = None if inputs.augment is None or inputs.augment.is_identity else inputs.augment
-    history, best, train_time, start_epoch, stale = [], (-1.0, 0, None), 0.0, 1, 0
-
-    state = load_state(resume.path, resume.fingerprint) if resume and resume.enabled else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        set_rng_state(state["rng"], generators)
-        history, train_time, stale = state["history"], state["train_time"], state["stale"]
-        best = (state["best_val_accuracy"], state["best_epoch"], state["best_state"])
-        start_epoch = state["epoch"] + 1
-        log.info("resuming from epoch %d of %d (%s)", state["epoch"], cfg.epochs, resume.path)
-
     with task_progress() as progress:
-        bar = progress.add_task("train", total=cfg.epochs * steps_per_epoch, status="")
-        progress.update(bar, completed=(start_epoch - 1) * steps_per_epoch)
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            if history and cfg.early_stopping and stale >= cfg.early_stopping:
+        bar = progress.add_task("train", total=cfg.epochs * steps, status="", completed=resumed_from * steps)
+
+        def tick(advance: int, status: str) -> None:
+            progress.update(bar, advance=advance, status=status)
+
+        for epoch in range(resumed_from + 1, cfg.epochs + 1):
+            if state.history and cfg.early_stopping and state.stale >= cfg.early_stopping:
                 break
-            model.train()
-            x_src, y_src = sources[(epoch - 1) % len(sources)] if sources else (x_train, y_train)
-            order = torch.randperm(n, generator=generators["order"]).to(device)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            lr = optimizer.param_groups[0]["lr"]
-            start = time.perf_counter()
-            for step in range(steps_per_epoch):
-                idx = order[step * batch_size : (step + 1) * batch_size]
-                xb, yb = x_src[idx], y_src[idx]
-                if augment is not None and not sources:
-                    xb = augment.images(xb, generators["augment"])
-                xb = normalizer(xb).contiguous(memory_format=memory_format)
-                target = yb
-                if augment is not None:
-                    xb, target = augment.mix(xb, yb, generators["augment"])
-                with autocast(device, cfg.precision):
-                    out = train_model(xb)
-                loss = F.cross_entropy(out.float(), target, label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                loss_sum += loss.detach() * len(yb)
-                correct += (out.detach().argmax(1) == yb).sum()
-                if step % 20 == 19:
-                    rate = (step + 1) * batch_size / (time.perf_counter() - start)
-                    progress.update(bar, advance=20, status=f"epoch {epoch} loss {loss.item():.3f} {rate:,.0f} img/s")
-            seconds = time.perf_counter() - start
-            train_time += seconds
-            progress.update(bar, completed=epoch * steps_per_epoch)
-            eval_model = ema.module if ema is not None else model
-            val_loss, val_acc = evaluate_split(eval_model, x_val, y_val, normalizer, device)
-            seen = steps_per_epoch * batch_size
-            stats = {
-                "epoch": epoch,
-                "train_loss": loss_sum.item() / seen,
-                "train_accuracy": correct.item() / seen,
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-                "lr": lr,
-                "images_per_second": seen / seconds,
-                "epoch_seconds": seconds,
-            }
-            history.append(stats)
-            if val_acc > best[0]:
-                best, stale = (val_acc, epoch, _cpu_state(eval_model)), 0
-            else:
-                stale += 1
+            trained = train_one_epoch(train_model, state, batches, augment, cfg, epoch, tick)
+            progress.update(bar, completed=epoch * steps)
+            eval_model = state.ema.module if state.ema is not None else model
+            val_loss, val_acc = evaluate_split(eval_model, *batches.val, batches.normalizer, device)
+            first = {key: trained.pop(key) for key in ("train_loss", "train_accuracy")}
+            stats = {"epoch": epoch, **first, "val_loss": val_loss, "val_accuracy": val_acc, **trained}
+            state.end_epoch(stats, eval_model)
             if resume is not None:
-                save_state(
-                    resume.path,
-                    {
-                        "fingerprint": resume.fingerprint,
-                        "epoch": epoch,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "ema": ema.state_dict() if ema is not None else None,
-                        "rng": rng_state(generators),
-                        "history": history,
-                        "train_time": train_time,
-                        "stale": stale,
-                        "best_val_accuracy": best[0],
-                        "best_epoch": best[1],
-                        "best_state": best[2],
-                    },
-                )
+                save_state(resume.path, state.capture(resume.fingerprint))
             if on_epoch_end is not None:
                 on_epoch_end(stats)
-    model.load_state_dict(best[2])
-    epochs_run = len(history)
+    model.load_state_dict(state.best_state)
     return TrainResult(
-        history=history,
-        best_epoch=best[1],
-        best_val_accuracy=best[0],
-        best_state=best[2],
-        images_per_second=epochs_run * steps_per_epoch * batch_size / max(train_time, 1e-9),
-        train_seconds=train_time,
+        history=state.history,
+        best_epoch=state.best_epoch,
+        best_val_accuracy=state.best_val_accuracy,
+        best_state=state.best_state,
+        images_per_second=len(state.history) * steps * batches.batch_size / max(state.train_time, 1e-9),
+        train_seconds=state.train_time,
         device=str(device),
-        resumed_from_epoch=start_epoch - 1,
+        resumed_from_epoch=resumed_from,
     )

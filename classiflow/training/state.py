@@ -1,0 +1,67 @@
+"""Everything a resumed training run continues from, named once: :class:`TrainState` writes the resume
+point (:meth:`TrainState.capture`) and reads it back (:meth:`TrainState.restore`) from the same field lists.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from classiflow.training.device import rng_state, set_rng_state
+
+
+def cpu_state(model: nn.Module) -> dict:
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run continues from. The field names are the keys of the saved state,
+    so a resume point is written and read from this one list."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    ema: Any
+    generators: dict[str, torch.Generator]
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    train_time: float = 0.0
+    stale: int = 0
+    best_val_accuracy: float = -1.0
+    best_epoch: int = 0
+    best_state: dict | None = None
+
+    STATEFUL = ("model", "optimizer", "scheduler", "scaler")
+    PLAIN = ("epoch", "history", "train_time", "stale", "best_val_accuracy", "best_epoch", "best_state")
+
+    def capture(self, fingerprint: str) -> dict:
+        state = {"fingerprint": fingerprint} | {k: getattr(self, k).state_dict() for k in self.STATEFUL}
+        state["ema"] = self.ema.state_dict() if self.ema is not None else None
+        state["rng"] = rng_state(self.generators)
+        return state | {k: getattr(self, k) for k in self.PLAIN}
+
+    def restore(self, saved: dict) -> None:
+        for key in self.STATEFUL:
+            getattr(self, key).load_state_dict(saved[key])
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
+        set_rng_state(saved["rng"], self.generators)
+        for key in self.PLAIN:
+            setattr(self, key, saved[key])
+
+    def end_epoch(self, stats: dict, eval_model: nn.Module) -> None:
+        """Record the epoch; keep its weights when it is the best on validation so far."""
+        self.epoch = stats["epoch"]
+        self.history.append(stats)
+        self.train_time += stats["epoch_seconds"]
+        if stats["val_accuracy"] > self.best_val_accuracy:
+            self.best_val_accuracy, self.best_epoch = stats["val_accuracy"], self.epoch
+            self.best_state, self.stale = cpu_state(eval_model), 0
+        else:
+            self.stale += 1
