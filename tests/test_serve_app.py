@@ -15,10 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from classiflow.config import ServeParams
 from classiflow.data.imagefolder import to_channels
 from classiflow.errors import ClassiflowError
-from classiflow.serving import app as app_module
 from classiflow.serving import images
-from classiflow.serving.app import PAGE, create_app
+from classiflow.serving import state as state_module
+from classiflow.serving.app import create_app
 from classiflow.serving.model import LoadedModel, load_model_dir
+from classiflow.serving.routes import PAGE
 from tests.serve_fixtures import CLASSES, SIZE, colour_image, encode, gray_image, png_bomb, shared_exports
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -79,7 +80,7 @@ def test_predict_multipart_and_raw_body_agree_with_the_model(rgb):
 
 def test_a_large_image_is_decoded_off_the_event_loop_and_resized_like_training(rgb):
     big = encode(colour_image(size=400, seed=9), "JPEG")
-    assert images.declared_pixels(big) > app_module.INLINE_PIXELS
+    assert images.declared_pixels(big) > state_module.INLINE_PIXELS
     expected = rgb.predict(images.decode(big, SIZE, 3)[None])[0]
     with _client(rgb) as client:
         response = client.post("/predict", content=big, headers={"content-type": "image/jpeg"}, params={"top_k": 3})
