@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from classiflow.atomic import write_json
 from classiflow.augment import BatchAugment, build_augment, load_copies
-from classiflow.augment.batch import ERASE_SCALE
+from classiflow.augment.ops import ERASE_SCALE
 from classiflow.config import AugmentParams, parse_params
 from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
