@@ -70,3 +70,12 @@ def trained_with_flip(payload: dict[str, Any]) -> bool:
     """Whether the train stage fed the model horizontally mirrored images (the resolved policy it stored)."""
     augment = payload.get("augment") or {}
     return augment.get("policy") == "custom" and augment.get("flip") is True
+
+
+def check_same_data(path: Path | str, payload: dict, data_hash: str, rerun: str = "the train stage") -> None:
+    """A model is scored, pruned or exported only on the data it was trained on (the prepared data's hash)."""
+    if payload["data_hash"] != data_hash:
+        raise ClassiflowError(
+            f"{path} was trained on other data (hash {payload['data_hash'][:12]}, "
+            f"prepared data is {data_hash[:12]}); rerun {rerun}"
+        )

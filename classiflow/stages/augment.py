@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,14 +70,7 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     x = to_nchw(images)
     n = len(labels)
 
-    generator = torch.Generator().manual_seed(cfg.seed)
-    idx = torch.randperm(n, generator=generator)[: cfg.preview].sort().values
-    shown = augment.images(x[idx], generator).permute(0, 2, 3, 1).numpy()
-    title = f"{data.meta.get('dataset', 'train split')}: " + ("; ".join(transforms) or "no augmentation")
-    if augment.has_mix:
-        title += " (mix not shown: it applies to normalised training batches)"
-    write_preview(layout.augment_preview, shown, labels[idx.numpy()], data.classes, textwrap.fill(title, 110))
-
+    _preview(layout, augment, cfg.seed, cfg.preview, data)
     images_per_second = measure_throughput(augment, x, cfg.seed)
     if cfg.copies and not augment.has_image_ops:
         log.warning("augment.copies=%d with no image transform: the copies equal the train split", cfg.copies)
@@ -105,16 +99,7 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     }
     with atomic_dir(layout.augmented) as tmp:
         if cfg.copies:
-            with task_progress() as progress:
-                task = progress.add_task("augment copies", total=cfg.copies * n, status="")
-                for k, seed in enumerate(seeds):
-                    progress.update(task, status=f"copy {k + 1}/{cfg.copies}")
-                    image_file, label_file = copy_files(k)
-                    out = np.lib.format.open_memmap(tmp / image_file, mode="w+", dtype=np.uint8, shape=images.shape)
-                    _augment_copy(augment, x, seed, out, lambda m: progress.advance(task, m))
-                    out.flush()
-                    del out
-                    np.save(tmp / label_file, labels)
+            _write_copies(tmp, augment, x, images.shape, labels, seeds)
         write_json(tmp / POLICY_FILE, policy)
     summary = {
         "transforms": transforms,
@@ -127,6 +112,32 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
         "data_hash": data.data_hash,
     }
     return _result(layout, summary)
+
+
+def _preview(layout: Layout, augment: BatchAugment, seed: int, count: int, data) -> None:
+    """A grid of ``count`` augmented train images, titled with the transforms (the mix is not drawn)."""
+    images, labels = to_nchw(data.images["train"]), data.labels["train"]
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(labels), generator=generator)[:count].sort().values
+    shown = augment.images(images[idx], generator).permute(0, 2, 3, 1).numpy()
+    title = f"{data.meta.get('dataset', 'train split')}: " + ("; ".join(augment.describe()) or "no augmentation")
+    if augment.has_mix:
+        title += " (mix not shown: it applies to normalised training batches)"
+    write_preview(layout.augment_preview, shown, labels[idx.numpy()], data.classes, textwrap.fill(title, 110))
+
+
+def _write_copies(tmp: Path, augment: BatchAugment, x: torch.Tensor, shape, labels: np.ndarray, seeds: list) -> None:
+    """One augmented copy of the train split per seed, written as memory-mapped uint8 arrays (NHWC)."""
+    with task_progress() as progress:
+        task = progress.add_task("augment copies", total=len(seeds) * len(labels), status="")
+        for k, seed in enumerate(seeds):
+            progress.update(task, status=f"copy {k + 1}/{len(seeds)}")
+            image_file, label_file = copy_files(k)
+            out = np.lib.format.open_memmap(tmp / image_file, mode="w+", dtype=np.uint8, shape=shape)
+            _augment_copy(augment, x, seed, out, lambda m: progress.advance(task, m))
+            out.flush()
+            del out
+            np.save(tmp / label_file, labels)
 
 
 def _result(layout: Layout, summary: dict) -> StageResult:

@@ -126,6 +126,20 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     )  # fmt: skip
 
 
+def _save(path: Path, params: BaselineParams, data: PreparedData, x_train: np.ndarray, codebook, pipeline) -> int:
+    """The fitted model with what it was trained on (classes, image shape, data hash); its size in bytes."""
+    model = BaselineModel(
+        params=params,
+        classes=list(data.classes),
+        codebook=codebook,
+        pipeline=pipeline,
+        image_shape=tuple(int(s) for s in x_train.shape[1:]),
+        data_hash=data.data_hash,
+        info={"train_size": int(len(x_train)), "dataset": data.meta.get("dataset")},
+    )
+    return save_model(path, model)
+
+
 def fit_baseline(layout: Layout, params: BaselineParams, cache_dir: str | Path | None = None) -> dict:
     """Fit, score on the test split, write the model and reports; return metrics and paths.
 
@@ -148,16 +162,7 @@ def fit_baseline(layout: Layout, params: BaselineParams, cache_dir: str | Path |
     y_pred = pipeline.predict(test_feats.matrix)
     predict_seconds = time.perf_counter() - started
 
-    model = BaselineModel(
-        params=params,
-        classes=list(classes),
-        codebook=codebook,
-        pipeline=pipeline,
-        image_shape=tuple(int(s) for s in x_train.shape[1:]),
-        data_hash=data.data_hash,
-        info={"train_size": int(len(y_train)), "dataset": data.meta.get("dataset")},
-    )
-    model_bytes = save_model(paths.model, model)
+    model_bytes = _save(paths.model, params, data, x_train, codebook, pipeline)
 
     title = f"{model_name(params)} on {data.meta.get('dataset', 'data')}"
     metrics, matrix = score_and_report(paths, y_test, y_pred, classes, title)

@@ -14,7 +14,7 @@ import time
 import torch
 
 from classiflow.atomic import read_json, write_json
-from classiflow.checkpoint import load_checkpoint, trained_with_flip
+from classiflow.checkpoint import check_same_data, load_checkpoint, trained_with_flip
 from classiflow.config import Params
 from classiflow.data.prepared import load_prepared
 from classiflow.errors import ClassiflowError
@@ -60,11 +60,7 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResult:
     model, ckpt = load_checkpoint(layout.model)
     data = load_prepared(layout.prepared, ("val", "test"))
-    if ckpt["data_hash"] != data.data_hash:
-        raise ClassiflowError(
-            f"{layout.model} was trained on other data (hash {ckpt['data_hash'][:12]}, "
-            f"prepared data is {data.data_hash[:12]}); rerun the train stage"
-        )
+    check_same_data(layout.model, ckpt, data.data_hash)
     device = select_device(params.train.device)
     model.to(device)
     normalizer = Normalizer(ckpt["mean"], ckpt["std"]).to(device)

@@ -15,7 +15,7 @@ import numpy as np
 from torch import nn
 
 from classiflow.atomic import atomic_dir, write_json, write_text
-from classiflow.checkpoint import load_checkpoint
+from classiflow.checkpoint import check_same_data, load_checkpoint
 from classiflow.config import Params
 from classiflow.cpu import usable_cores
 from classiflow.data.prepared import PreparedData, load_prepared
@@ -36,21 +36,13 @@ CALIBRATION_SEED = 0
 log = logging.getLogger("classiflow.export")
 
 
-def _check_data(path: Path, payload: dict, data: PreparedData) -> None:
-    if payload["data_hash"] != data.data_hash:
-        raise ClassiflowError(
-            f"{path} was trained on other data (hash {payload['data_hash'][:12]}, "
-            f"prepared data is {data.data_hash[:12]}); rerun the stages that made it"
-        )
-
-
 def _pruned_variant(path: Path, data: PreparedData, load_pruned: Loader | None, strict: bool) -> tuple | None:
     """The pruned model, unless there is none, it is the trained model (``prune.method: none``) or the prune
     stage rejected it for losing too much accuracy (which fails the stage under ``export.strict``)."""
     if not path.exists():
         return None
     model, payload = (load_pruned or load_pruned_model)(path)
-    _check_data(path, payload, data)
+    check_same_data(path, payload, data.data_hash, "the stages that made it")
     pruning = payload.get("pruning", {})
     if pruning.get("method") == "none":
         return None
@@ -64,7 +56,7 @@ def _pruned_variant(path: Path, data: PreparedData, load_pruned: Loader | None, 
 
 def _sources(layout: Layout, data: PreparedData, load_pruned: Loader | None, strict: bool) -> tuple[list[Source], dict]:
     model, payload = load_checkpoint(layout.model)
-    _check_data(layout.model, payload, data)
+    check_same_data(layout.model, payload, data.data_hash, "the stages that made it")
     loaded = [("trained", model, payload, layout.model)]
     pruned = _pruned_variant(layout.pruned_model, data, load_pruned, strict)
     loaded += [pruned] if pruned else []

@@ -18,10 +18,9 @@ from torch import nn
 
 from classiflow.atomic import write_json
 from classiflow.augment import build_augment, load_policy
-from classiflow.checkpoint import load_checkpoint
+from classiflow.checkpoint import check_same_data, load_checkpoint
 from classiflow.config import Params, TrainParams
 from classiflow.data.prepared import PreparedData, load_prepared
-from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
 from classiflow.prune.measure import accuracy, compressed_size, count_nonzero, count_parameters, file_size, latency_ms
 from classiflow.prune.params import PruneParams
@@ -101,11 +100,7 @@ def _finetune_reporter(report: Report) -> Callable[[dict], None]:
 def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResult:
     original, ckpt = load_checkpoint(layout.model)
     data = load_prepared(layout.prepared)
-    if ckpt["data_hash"] != data.data_hash:
-        raise ClassiflowError(
-            f"{layout.model} was trained on other data (hash {ckpt['data_hash'][:12]}, "
-            f"prepared data is {data.data_hash[:12]}); rerun the train stage"
-        )
+    check_same_data(layout.model, ckpt, data.data_hash)
     pp, on_epoch_end = params.prune, _finetune_reporter(report)
     if pp.method == "structured":
         check_structured(original)
@@ -123,14 +118,8 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     finetune = pp.finetune_epochs > 0 and pp.method != "none"
     cfg = finetune_config(params.train, pp)
     inputs = _finetune_inputs(layout, params, data) if finetune else None
-    steps = []
-    for step in prune_steps(model, pp.method, pp.amount, pp.steps, pp.layers, torch.randn(shape)):
-        row = {"step": step, "sparsity": sparsity(model, original)}
-        if finetune:
-            result = fit(detach_masked_weights(model), data, cfg, on_epoch_end, inputs)
-            row["val_accuracy"] = result.best_val_accuracy
-        steps.append(row)
-    make_permanent(model)
+    tune = (lambda m: fit(detach_masked_weights(m), data, cfg, on_epoch_end, inputs)) if finetune else None
+    steps = _prune(model, original, pp, torch.randn(shape), tune)
     before = _measure(original, score, shape, pp.latency_repeats)
     after = _measure(model, score, shape, pp.latency_repeats)
     drop = 100.0 * (before["test_accuracy"] - after["test_accuracy"])
@@ -163,6 +152,18 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     write_sweep(layout.prune_sweep_csv, layout.prune_sweep_png, sweep_rows, unpruned, chosen, title)
     value = {**metrics, "steps_history": steps, "sweep": sweep_rows, "device": str(device), "data_hash": data.data_hash}
     return _result(layout, value)
+
+
+def _prune(model: nn.Module, original: nn.Module, pp: PruneParams, example: torch.Tensor, tune) -> list[dict]:
+    """Prune ``model`` in place in ``pp.steps`` increments, fine-tuning after each when ``tune`` is given."""
+    steps = []
+    for step in prune_steps(model, pp.method, pp.amount, pp.steps, pp.layers, example):
+        row = {"step": step, "sparsity": sparsity(model, original)}
+        if tune is not None:
+            row["val_accuracy"] = tune(model).best_val_accuracy
+        steps.append(row)
+    make_permanent(model)
+    return steps
 
 
 def _metrics(layout: Layout, pp: PruneParams, pruning: dict, before: dict, after: dict, now: float, was: float) -> dict:

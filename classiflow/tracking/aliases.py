@@ -181,27 +181,7 @@ def promote(
         decision = Decision(True, reason, params.promote.policy, params.promote.alpha, forced=force)
         return Outcome(name, "noop", before, before, before, decision, dry_run)
 
-    try:
-        cand_correct, champ_correct = _correctness(candidate, champion)
-        skipped = None
-    except ClassiflowError as exc:
-        if not force:
-            raise
-        cand_correct, champ_correct, skipped = None, None, str(exc)
-    gate = params.promote
-    decision = decide(
-        cand_correct,
-        champ_correct,
-        policy=gate.policy,
-        alpha=gate.alpha,
-        max_latency_ms=gate.max_latency_ms,
-        candidate_latency_ms=_latency(candidate),
-        has_champion=champion is not None,
-        force=force,
-    )
-    if skipped:  # forced without a comparison: the registered accuracies are still worth recording
-        accuracies = {"candidate_accuracy": _accuracy(candidate), "champion_accuracy": _accuracy(champion)}
-        decision = replace(decision, reason=f"{decision.reason}; not compared: {skipped}", **accuracies)
+    decision = _gate(params, candidate, champion, force)
     source = f"models:/{candidate.name}/{candidate.version}" if foreign else None
     if dry_run:
         action = "promote" if decision.promote else "refuse"
@@ -234,6 +214,32 @@ def promote(
         if value is not None:
             client.set_model_version_tag(name, chosen, key, value)
     return Outcome(name, action, chosen, before, after, decision, False, source)
+
+
+def _gate(params: Params, candidate, champion, force: bool) -> Decision:
+    """The promotion gate on the two versions' per-image correctness; forced, a failed comparison is noted."""
+    try:
+        cand_correct, champ_correct = _correctness(candidate, champion)
+        skipped = None
+    except ClassiflowError as exc:
+        if not force:
+            raise
+        cand_correct, champ_correct, skipped = None, None, str(exc)
+    gate = params.promote
+    decision = decide(
+        cand_correct,
+        champ_correct,
+        policy=gate.policy,
+        alpha=gate.alpha,
+        max_latency_ms=gate.max_latency_ms,
+        candidate_latency_ms=_latency(candidate),
+        has_champion=champion is not None,
+        force=force,
+    )
+    if skipped:  # forced without a comparison: the registered accuracies are still worth recording
+        accuracies = {"candidate_accuracy": _accuracy(candidate), "champion_accuracy": _accuracy(champion)}
+        decision = replace(decision, reason=f"{decision.reason}; not compared: {skipped}", **accuracies)
+    return decision
 
 
 def _champions(events: list[dict]) -> list[str]:
