@@ -27,7 +27,6 @@ from classiflow.errors import ClassiflowError
 from classiflow.layout import SPEC_FILE, Layout, project_root
 
 CHAMPION = "champion"
-SPEC = SPEC_FILE
 MODEL_FILES = ("model.onnx", "model.ts")  # what classiflow.serving.model.load_model_dir can run
 TEXT_TAGS = ("data_hash", "git_commit", "architecture")
 NOT_METRICS = ("previous_champion", "pipeline_run_id")  # numbers that measure nothing
@@ -103,19 +102,20 @@ def parse_ref(ref: str | None, params: Params, name: str | None = None, alias: s
 def model_dir(path: Path) -> Path:
     """A ``models/export`` directory, or a downloaded model directory holding ``extra_files/``."""
     for candidate in (path, path / "extra_files"):
-        if (candidate / SPEC).is_file():
+        if (candidate / SPEC_FILE).is_file():
             if not any((candidate / f).is_file() for f in MODEL_FILES):
-                raise ClassiflowError(f"{candidate}: {SPEC} but no {' or '.join(MODEL_FILES)} beside it")
+                raise ClassiflowError(f"{candidate}: {SPEC_FILE} but no {' or '.join(MODEL_FILES)} beside it")
             return candidate
-    raise ClassiflowError(f"{path}: no {SPEC} here or in extra_files/ (expected models/export or a downloaded model)")
+    expected = "expected models/export or a downloaded model"
+    raise ClassiflowError(f"{path}: no {SPEC_FILE} here or in extra_files/ ({expected})")
 
 
 def _local(ref: Ref) -> tuple[Path, str, str, dict]:
     folder = model_dir(ref.path)
     try:
-        spec = read_json(folder / SPEC)
+        spec = read_json(folder / SPEC_FILE)
     except (OSError, ValueError) as err:
-        raise ClassiflowError(f"{folder / SPEC}: not readable JSON ({err})") from None
+        raise ClassiflowError(f"{folder / SPEC_FILE}: not readable JSON ({err})") from None
     metrics = {"data_hash": spec["data_hash"]} if isinstance(spec, dict) and spec.get("data_hash") else {}
     return folder, "local", str(ref.path), metrics
 
@@ -205,7 +205,7 @@ def _download(version) -> Path:
 
     final = _cache_dir(version)
     where = f"version {version.version} of {version.name}"
-    if (final / SPEC).is_file():
+    if (final / SPEC_FILE).is_file():
         return model_dir(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
@@ -220,8 +220,8 @@ def _download(version) -> Path:
                 "stage existed has none: re-run the pipeline to register an exported version"
             ) from None
         files = tmp / "extra_files" if (tmp / "extra_files").is_dir() else tmp
-        if not (files / SPEC).is_file():
-            raise _not_exported(where, f"no extra_files/{SPEC}")
+        if not (files / SPEC_FILE).is_file():
+            raise _not_exported(where, f"no extra_files/{SPEC_FILE}")
         if not any((files / f).is_file() for f in MODEL_FILES):
             raise _not_exported(where, f"no extra_files/{' or '.join(MODEL_FILES)}")
         if final.exists():  # an earlier copy without the spec (made by hand?): replace it
@@ -229,7 +229,7 @@ def _download(version) -> Path:
         try:
             os.rename(files, final)
         except OSError:
-            if not (final / SPEC).is_file():  # not another process that finished the same download first
+            if not (final / SPEC_FILE).is_file():  # not another process that finished the same download first
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
