@@ -18,7 +18,8 @@ class Stage:
     """One stage: what runs it, which stages' outputs it reads, and how it is logged and retried.
 
     ``params`` are the dotted prefixes of ``params.yaml`` logged with the stage's MLflow run; ``kind``
-    (``deep`` or ``classical``) tags model runs so the UI can tell CNNs from the baseline.
+    (``deep`` or ``classical``) tags model runs so the UI can tell CNNs from the baseline. ``in_run``: the
+    runner logs to the stage's MLflow run itself (register), so it runs where that run is open.
     """
 
     name: str
@@ -28,6 +29,7 @@ class Stage:
     kind: str | None = None
     retries: int = 0
     retry_delay_seconds: float = 0
+    in_run: bool = False
 
     def load(self) -> Callable[..., Any]:
         module, _, function = self.runner.partition(":")
@@ -44,7 +46,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("prune", "classiflow.stages.prune:run", ("prepare", "augment", "train", "evaluate"), ("prune",), "deep"),
     Stage("export", "classiflow.stages.export:run", ("prepare", "train", "evaluate", "prune"), ("export",), "deep"),
     Stage("register", "classiflow.tracking.register:run", ("prepare", "train", "evaluate", "prune", "export"),
-          ("registry",), "deep"),
+          ("registry",), "deep", in_run=True),
     Stage("baseline", "classiflow.stages.baseline:run", ("prepare",), ("baseline",), "classical"),
     Stage("compare", "classiflow.stages.compare:run", ("train", "evaluate", "baseline")),
 )  # fmt: skip

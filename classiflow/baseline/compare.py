@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from classiflow.atomic import atomic_path, write_text
+from classiflow.baseline.params import BaselineParams
 from classiflow.errors import ClassiflowError
 
 
@@ -125,3 +126,25 @@ def write_comparison(
 
 def as_dicts(rows: list[ComparisonRow]) -> list[dict]:
     return [asdict(r) for r in rows]
+
+
+def model_name(params: BaselineParams) -> str:
+    """The baseline's name in reports, e.g. ``dense SIFT BoVW + linear SVM``."""
+    features = {"dense_sift": "dense SIFT BoVW", "sift": "SIFT BoVW", "hog": "HOG"}[params.features]
+    svm = "linear SVM" if params.classifier == "linear_svc" else "RBF SVM"
+    return f"{features} + {'PCA + ' if params.pca else ''}{svm}"
+
+
+def comparison_row(name: str, metrics: dict) -> dict:
+    """The baseline's row for :func:`classiflow.baseline.compare.write_comparison`."""
+    return {
+        "model": name,
+        "kind": "classical",
+        "accuracy": metrics["accuracy"],
+        "accuracy_plain": None,
+        "accuracy_tta": None,
+        "macro_f1": metrics["macro_f1"],
+        "train_seconds": metrics["train_seconds"],
+        "inference_ms_per_image": metrics["inference_ms_per_image"],
+        "size_bytes": metrics["model_bytes"],
+    }

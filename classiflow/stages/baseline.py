@@ -9,16 +9,17 @@ the SVM never see a test image, and every reported score is on the test split.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from classiflow.atomic import write_json
+from classiflow.baseline.compare import comparison_row, model_name
 from classiflow.baseline.features import extract, fit_codebook
 from classiflow.baseline.model import BaselineModel, check_labels, fit_classifier, save_model
 from classiflow.baseline.params import BaselineParams
+from classiflow.baseline.paths import baseline_paths
 from classiflow.config import Params
 from classiflow.data.prepared import PreparedData, load_prepared
 from classiflow.errors import ClassiflowError
@@ -44,47 +45,6 @@ SCALARS = (
     "feature_dim",
     "train_size",
 )
-
-
-@dataclass(frozen=True)
-class BaselinePaths:
-    root: Path
-
-    @property
-    def model(self) -> Path:
-        return self.root / "models" / "baseline.joblib"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics" / "baseline.json"
-
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports" / "baseline"
-
-    @property
-    def confusion_matrix_csv(self) -> Path:
-        return self.reports / "confusion_matrix.csv"
-
-    @property
-    def confusion_matrix_png(self) -> Path:
-        return self.reports / "confusion_matrix.png"
-
-    @property
-    def per_class(self) -> Path:
-        return self.reports / "per_class.csv"
-
-    @property
-    def predictions(self) -> Path:
-        return self.reports / "predictions.csv"
-
-    def as_dict(self) -> dict[str, str]:
-        names = ("model", "metrics", "confusion_matrix_csv", "confusion_matrix_png", "per_class", "predictions")
-        return {name: str(getattr(self, name)) for name in names}
-
-
-def baseline_paths(layout: Layout) -> BaselinePaths:
-    return BaselinePaths(layout.root)
 
 
 def training_set(data: PreparedData, params: BaselineParams) -> tuple[np.ndarray, np.ndarray]:
@@ -195,25 +155,4 @@ def fit_baseline(layout: Layout, params: BaselineParams, cache_dir: str | Path |
         "paths": paths.as_dict(),
         "params": params.model_dump(),
         "comparison_row": comparison_row(model_name(params), metrics),
-    }
-
-
-def model_name(params: BaselineParams) -> str:
-    features = {"dense_sift": "dense SIFT BoVW", "sift": "SIFT BoVW", "hog": "HOG"}[params.features]
-    svm = "linear SVM" if params.classifier == "linear_svc" else "RBF SVM"
-    return f"{features} + {'PCA + ' if params.pca else ''}{svm}"
-
-
-def comparison_row(name: str, metrics: dict) -> dict:
-    """The baseline's row for :func:`classiflow.baseline.compare.write_comparison`."""
-    return {
-        "model": name,
-        "kind": "classical",
-        "accuracy": metrics["accuracy"],
-        "accuracy_plain": None,
-        "accuracy_tta": None,
-        "macro_f1": metrics["macro_f1"],
-        "train_seconds": metrics["train_seconds"],
-        "inference_ms_per_image": metrics["inference_ms_per_image"],
-        "size_bytes": metrics["model_bytes"],
     }

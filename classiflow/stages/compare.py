@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from classiflow.atomic import read_json
-from classiflow.baseline.compare import write_comparison
+from classiflow.baseline.compare import comparison_row, model_name, write_comparison
+from classiflow.baseline.paths import baseline_paths
 from classiflow.checkpoint import load_checkpoint
 from classiflow.config import Params
 from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
-from classiflow.stages.baseline import baseline_paths, comparison_row, model_name
 from classiflow.stages.result import NO_REPORT, Report, StageResult
 
 

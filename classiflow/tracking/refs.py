@@ -184,7 +184,7 @@ def cache_root() -> Path:
 
 
 def _cache_dir(version) -> Path:
-    from classiflow.tracking.store import tracking_uri
+    from classiflow.tracking.uri import tracking_uri
 
     key = json.dumps([tracking_uri(), version.source, version.run_id, version.creation_timestamp])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]

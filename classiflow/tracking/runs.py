@@ -21,7 +21,8 @@ from classiflow.atomic import read_json, write_json
 from classiflow.config import Params
 from classiflow.layout import Layout
 from classiflow.pipeline import BY_NAME
-from classiflow.tracking.store import git_commit, setup, tracking_uri
+from classiflow.tracking.store import git_commit, setup
+from classiflow.tracking.uri import tracking_uri
 
 STAGE_TAG = "classiflow.stage"
 PIPELINE_TAG = "classiflow.pipeline"

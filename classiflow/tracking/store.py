@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -10,32 +9,14 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from classiflow.config import Params
-from classiflow.errors import ClassiflowError
 from classiflow.layout import project_root
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
-
-
-def _check_reachable(uri: str) -> None:
-    if not uri.startswith(("http://", "https://")):
-        return
-    import requests
-
-    try:
-        requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
-    except requests.RequestException as err:
-        reason = type(err).__name__ if isinstance(err, requests.ConnectionError) else err
-        raise ClassiflowError(
-            f"MLflow tracking server {uri} is unreachable ({reason}); start it or unset MLFLOW_TRACKING_URI"
-        ) from None
+from classiflow.tracking.uri import check_reachable, tracking_uri
 
 
 def setup(params: Params) -> str:
     """Point MLflow at the configured store and return the experiment id."""
     uri = tracking_uri()
-    _check_reachable(uri)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient()
