@@ -36,11 +36,12 @@ SHORT = {
     "baseline": {"codebook_size": 32, "codebook_sample": 5000},
 }
 # Runs one stage command with its stage function timed, and the import of the function's module (the
-# libraries the stage needs) timed apart: through the stage table's Stage.load where there is one,
-# else by importing the module before the CLI does. argv: stage, out, module, function, cli.
+# libraries the stage needs) timed apart: through the stage table's Stage.load where the revision has one,
+# else by importing the module before the CLI does. argv: stage, out, module, function, cli, has_table.
+# has_table comes from the worktree's files: an import test would find the installed checkout's table.
 TIMED = """
 import atexit, importlib, json, sys, time
-stage, out, module, function, cli = sys.argv[1:6]
+stage, out, module, function, cli, has_table = sys.argv[1:7]
 spent, imports = [], []
 def record():
     with open(out, "w") as f:
@@ -54,14 +55,13 @@ def timed(inner):
         finally:
             spent.append(time.perf_counter() - start)
     return call
-try:
-    from classiflow.pipeline import Stage
-except ImportError:
+if has_table != "1":
     start = time.perf_counter()
     target = importlib.import_module(module)
     imports.append(time.perf_counter() - start)
     setattr(target, function, timed(getattr(target, function)))
 else:
+    from classiflow.pipeline import Stage
     load = Stage.load
     def timed_load(self):
         start = time.perf_counter()
@@ -141,10 +141,11 @@ def measure(tree: Path, images: Path, repeats: int) -> dict:
         out["help"].append(_wall([sys.executable, "-c", f"from {cli} import app; app()", "--help"], tree, env))
         out["noop_repro"].append(_wall(["dvc", "repro"], tree, env))
     record = tree / ".bench-stage.json"
+    has_table = "1" if (tree / "classiflow" / "pipeline.py").exists() else "0"
     for stage, module, function in _stages(tree):
         rows = []
         for _ in range(repeats):
-            command = [sys.executable, "-c", TIMED, stage, str(record), module, function, cli]
+            command = [sys.executable, "-c", TIMED, stage, str(record), module, function, cli, has_table]
             wall = _wall(command, tree, env)
             timed = json.loads(record.read_text())
             rows.append((wall, timed["work_s"] if timed["ran"] else 0.0, timed["import_s"]))
@@ -188,8 +189,9 @@ command {repeats} times (medians, seconds). *Stage imports*: importing the stage
 libraries the stage itself needs (torch, scikit-learn, OpenCV, matplotlib). *Overhead*: the process's wall
 time less the stage function's own time and its imports: interpreter start, the CLI, params, and what MLflow
 adds to the critical path (its imports, store set-up and logging; in `{labels[1]}` these run on a thread
-beside the stage's imports and work). For `register` in `{labels[0]}` the registration was not separable from
-the task, so its whole time counts as overhead there; the sum leaves register out on both sides.
+beside the stage's imports and work). In `{labels[0]}` the stage imports are the stage module's own, timed
+before the CLI imports it. For `register` there the registration was not separable from the task, so its whole
+time counts as overhead; the sum leaves register out on both sides.
 
 {chr(10).join(lines)}
 
