@@ -169,15 +169,18 @@ def _cells(rows: list[tuple[float, float, float]]) -> tuple[float, float, float]
 def table(before: dict, after: dict, labels: tuple[str, str], repeats: int) -> str:
     head = " | ".join(f"{x} wall | {x} stage imports | {x} overhead" for x in labels)
     lines = [f"| stage | {head} |", "|---|" + "---:|" * 6]
-    sums = [0.0, 0.0]
+    sums, walls = [0.0, 0.0], [0.0, 0.0]
     for stage in after["stages"]:
         cells = []
         for i, result in enumerate((before, after)):
             wall, imports, over = _cells(result["stages"][stage])
-            sums[i] += over if stage != "register" else 0.0
+            if stage != "register":
+                sums[i], walls[i] = sums[i] + over, walls[i] + wall
             cells += [f"{wall:.2f}", f"{imports:.2f}", f"{over:.2f}"]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
-    lines.append(f"| **sum, register aside** | | | **{sums[0]:.1f}** | | | **{sums[1]:.1f}** |")
+    lines.append(
+        f"| **sum, register aside** | **{walls[0]:.1f}** | | **{sums[0]:.1f}** | **{walls[1]:.1f}** | | **{sums[1]:.1f}** |"
+    )
     help_, noop = (
         [_median(r[k]) for r in (before, after)] for k in ("help", "noop_repro")
     )  # fmt: skip
