@@ -178,9 +178,8 @@ def table(before: dict, after: dict, labels: tuple[str, str], repeats: int) -> s
                 sums[i], walls[i] = sums[i] + over, walls[i] + wall
             cells += [f"{wall:.2f}", f"{imports:.2f}", f"{over:.2f}"]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
-    lines.append(
-        f"| **sum, register aside** | **{walls[0]:.1f}** | | **{sums[0]:.1f}** | **{walls[1]:.1f}** | | **{sums[1]:.1f}** |"
-    )
+    total = " | ".join(f"**{walls[i]:.1f}** | | **{sums[i]:.1f}**" for i in (0, 1))
+    lines.append(f"| **sum, register aside** | {total} |")
     help_, noop = (
         [_median(r[k]) for r in (before, after)] for k in ("help", "noop_repro")
     )  # fmt: skip
