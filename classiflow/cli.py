@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from classiflow.config import Params, load_params
 from classiflow.errors import ClassiflowError
@@ -44,7 +45,7 @@ def _user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ClassiflowError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
@@ -178,6 +179,23 @@ def recipe(name: Annotated[str, typer.Argument(help="Recipe name, e.g. fast.")])
     from classiflow.recipes import dvc_set_args, load_recipe
 
     print(" ".join(shlex.quote(a) for a in dvc_set_args(load_recipe(name))))
+
+
+@app.command()
+@_user_errors
+def weights(
+    out: Annotated[
+        str, typer.Argument(help="Where to write the .safetensors file.")
+    ] = "weights/tf_efficientnet_lite0.safetensors",
+) -> None:
+    """Write the EfficientNet-Lite0 ImageNet weights (installed with classiflow[lite0]) for model.pretrained."""
+    from classiflow.models.lite0 import ARCH, write_lite0
+
+    written = write_lite0(out)
+    Console(highlight=False).print(
+        f"{out}: {ARCH} ImageNet weights, licence {written['license']}, sha256 {written['sha256']}\n"
+        f"use: -S model.name=timm/{ARCH} -S model.width=null -S model.pretrained={out}"
+    )
 
 
 # serve and predict live in classiflow/cli_serving.py (the slim serving image's whole CLI path)

@@ -43,6 +43,17 @@ class ModelParams(_Section):
     attention: Literal["none", "cbam"] = "none"
     cbam_reduction: int = Field(16, ge=1)
     width: int | None = Field(16, ge=1)  # base width; null keeps the architecture's own
+    # initial weights: a .safetensors/.pth file, local-dir:<folder> or hf-hub:<id> (classiflow.models.pretrained)
+    pretrained: str | None = Field(None, min_length=1)
+    pretrained_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    allow_download: bool = False  # hf-hub ids: fetch when not cached (else the hub is off for the stage)
+
+    @field_validator("pretrained")
+    @classmethod
+    def _known_source(cls, value: str | None) -> str | None:
+        if value and ":" in value.split("/")[0] and not value.startswith(("hf-hub:", "local-dir:")):
+            raise ValueError("expected a file path, local-dir:<folder> or hf-hub:<id>")
+        return value
 
 
 class AugmentParams(_Section):
@@ -78,6 +89,8 @@ class TrainParams(_Section):
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     warmup_epochs: float = Field(0.25, ge=0.0)  # cosine: linear warm-up; onecycle: rise (fraction if < 1)
     label_smoothing: float = Field(0.2, ge=0.0, lt=1.0)
+    freeze_epochs: int = Field(0, ge=0)  # train only the head for the first N epochs (a linear probe), then all
+    backbone_lr_scale: float = Field(1.0, gt=0.0)  # lr multiplier for everything but the head
     grad_clip: float | None = Field(None, gt=0.0)  # max global gradient norm
     ema: float | None = Field(None, gt=0.0, lt=1.0)  # decay of an exponential moving average of weights
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast (fp16 on CUDA only)

@@ -61,6 +61,16 @@ def _pruned_section(pruning: dict[str, Any]) -> list[str]:
     return ["", "## Pruned variant", "", summary]
 
 
+def _weights_line(pretrained: dict[str, Any] | None) -> str:
+    if not pretrained:
+        return "- **Initial weights:** random (trained from scratch)"
+    return (
+        f"- **Initial weights:** `{pretrained['source']}` (file `{pretrained['file']}`, sha256 "
+        f"`{pretrained['sha256']}`, licence {pretrained.get('license') or 'not stated'}); "
+        f"trained afresh: {', '.join(f'`{k}`' for k in pretrained.get('fresh', [])) or 'nothing'}"
+    )
+
+
 def model_card(
     name: str,
     checkpoint: dict[str, Any],
@@ -86,6 +96,7 @@ def model_card(
         _accuracy_line(evaluation),
         f"- **Input:** raw pixel values 0-255, float32 NCHW; the files normalise with mean "
         f"{[round(m, 4) for m in checkpoint['mean']]} and std {[round(s, 4) for s in checkpoint['std']]} themselves",
+        _weights_line(checkpoint.get("pretrained")),
         "",
         "## Classes",
         "",

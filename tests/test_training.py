@@ -19,7 +19,7 @@ from classiflow.models import build_model
 from classiflow.stages import augment as augment_stage
 from classiflow.stages import train as train_stage
 from classiflow.training import autocast, fit
-from classiflow.training.optim import lr_factor, make_optimizer
+from classiflow.training.optim import lr_factor, make_optimizer, make_scheduler
 from tests.conftest import REPO, shrunk_params, shrunk_train
 from tests.imagegen import write_image_folder
 from tests.test_models_training import _toy_data
@@ -197,3 +197,17 @@ def test_a_train_state_restores_what_it_captured(tmp_path):
     assert all(torch.equal(before[key], after[key]) for key in before)
     draw = {name: torch.randperm(9, generator=s.generators["order"]) for name, s in (("a", saved), ("b", restored))}
     assert torch.equal(draw["a"], draw["b"])
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5])
+def test_onecycle_takes_runs_of_a_few_steps(steps):
+    """A tiny data set gives a handful of steps; OneCycle divided by a zero-step phase there."""
+    cfg = shrunk_train(scheduler="onecycle", epochs=1, warmup_epochs=0.25)
+    optimizer = make_optimizer(torch.nn.Linear(2, 2), cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps)
+    lrs = []
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert all(0.0 < lr <= cfg.lr * 1.0001 for lr in lrs)

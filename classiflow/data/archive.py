@@ -24,12 +24,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def verify_sha256(path: Path, expected: str | None) -> str:
+def verify_sha256(path: Path, expected: str | None, key: str = "data.sha256") -> str:
     actual = sha256_file(path)
     if expected and actual.lower() != expected.lower():
         raise ClassiflowError(
             f"{path.name}: sha256 mismatch (expected {expected.lower()}, got {actual}); "
-            "the file is corrupt or not the one data.sha256 names"
+            f"the file is corrupt or not the one {key} names"
         )
     return actual
 

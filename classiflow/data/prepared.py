@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,10 @@ class PreparedData:
     @property
     def data_hash(self) -> str:
         return self.meta["data_hash"]
+
+    def with_stats(self, mean: list[float], std: list[float]) -> PreparedData:
+        """The same data fed with other normalisation statistics (a pretrained model's own)."""
+        return replace(self, meta={**self.meta, "mean": list(mean), "std": list(std)})
 
 
 def load_meta(prepared_dir: Path) -> dict:

@@ -1,4 +1,4 @@
-"""Model registry: ``model.name`` in params.yaml picks a builder from here.
+"""Model registry: ``model.name`` in params.yaml picks a builder from here, or timm's (``timm/<arch>``).
 
 A builder's keyword parameters say what it supports: one without ``width`` has no width option, one without
 ``attention`` cannot take CBAM. build_model turns an unsupported request into a one-line ClassiflowError
@@ -19,6 +19,7 @@ from classiflow.models.fastnet import FastNet
 from classiflow.models.lenet import LeNet5
 from classiflow.models.resnet import CifarResNet
 from classiflow.models.simplecnn import SimpleCNN
+from classiflow.models.timm_zoo import build_timm, is_timm
 from classiflow.models.vit import ViT
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -42,10 +43,18 @@ def build_model(
     width: int | None = None,
 ) -> nn.Module:
     """Build ``name`` for the data's channels, classes and image size; width None means the model's default."""
+    if is_timm(name):
+        if width is not None:
+            raise ClassiflowError(f"model.width: {name} has no width option; set model.width: null")
+        if attention != "none":
+            raise ClassiflowError(f"model.attention {attention!r}: {name} takes no attention option (only 'none')")
+        return build_timm(name, in_channels, num_classes, image_size)
     try:
         builder = MODELS[name]
     except KeyError:
-        raise ClassiflowError(f"model.name {name!r}: unknown model (available: {', '.join(sorted(MODELS))})") from None
+        raise ClassiflowError(
+            f"model.name {name!r}: unknown model (available: {', '.join(sorted(MODELS))}, or timm/<arch>)"
+        ) from None
     check_attention(attention, cbam_reduction)
     accepts = inspect.signature(builder).parameters
     kwargs: dict = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}

@@ -43,6 +43,9 @@ def _reshape(module: nn.Module, prefix: str, state: dict[str, torch.Tensor]) -> 
         return
     if isinstance(module, nn.Conv2d) and module.groups == 1:
         module.out_channels, module.in_channels = module.weight.shape[:2]
+    elif isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels:
+        # depthwise (MobileNet, EfficientNet): channels are pruned together with their groups
+        module.out_channels = module.in_channels = module.groups = module.weight.shape[0]
     elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = module.weight.shape
     elif isinstance(module, nn.BatchNorm2d):

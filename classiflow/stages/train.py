@@ -13,6 +13,7 @@ from classiflow.data.prepared import PreparedData, load_prepared
 from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
 from classiflow.models import build_model
+from classiflow.models.pretrained import load_into, normalization, read_weights, with_defaults
 from classiflow.stages.result import NO_REPORT, Report, StageResult, numbers
 from classiflow.training import fit, seed_everything
 from classiflow.training.loop import Inputs, Resume
@@ -52,15 +53,33 @@ def _epoch_reporter(report: Report):
     return on_epoch_end
 
 
+def _pretrained(model, spec: dict, params: Params, data: PreparedData) -> tuple[dict | None, PreparedData]:
+    """Load ``model.pretrained`` into the fresh model; the weights' mean and std then feed it, not the data's."""
+    cfg = params.model
+    if not cfg.pretrained:
+        return None, data
+    weights = with_defaults(read_weights(cfg.pretrained, cfg.pretrained_sha256, cfg.allow_download), spec["name"])
+    fresh = load_into(model, weights, spec["name"])
+    record = weights.record() | {"fresh": fresh}
+    stats = normalization(weights, data.channels)
+    log.info(
+        "pretrained: %s (sha256 %s, licence %s), %d tensors loaded, fresh: %s",
+        cfg.pretrained, weights.sha256[:12], record["license"] or "unknown",
+        len(model.state_dict()) - len(fresh), ", ".join(fresh) or "none",
+    )  # fmt: skip
+    return record, data.with_stats(*stats) if stats else data
+
+
 def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResult:
     data = load_prepared(layout.prepared, ("train", "val"))
     spec = model_spec(params.model, data.meta)
     seed_everything(params.train.seed)  # the initial weights too, not only the batch order
     model = build_model(**spec)
+    pretrained, data = _pretrained(model, spec, params, data)
     augment = load_policy(layout.augmented, params.augment, data.data_hash)
     inputs = _inputs(layout, augment, data)
     train_cfg = params.train.model_dump(exclude={"resume"})
-    key = fingerprint(spec, augment.model_dump(), train_cfg, data.data_hash)
+    key = fingerprint(spec, augment.model_dump(), train_cfg, data.data_hash, pretrained and pretrained["sha256"])
     resume = Resume(layout.last_checkpoint, key, enabled=params.train.resume)
     result = fit(model, data, params.train, _epoch_reporter(report), inputs, resume)
     save_checkpoint(
@@ -73,6 +92,7 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
             "val_accuracy": result.best_val_accuracy,
             "train": params.train.model_dump(),
             "augment": augment.model_dump(),
+            "pretrained": pretrained,
         },
     )
     layout.last_checkpoint.unlink(missing_ok=True)
@@ -97,10 +117,13 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     value = {**metrics, "device": result.device, "data_hash": data.data_hash}
     value["resumed_from_epoch"] = result.resumed_from_epoch
     headline = ("best_val_accuracy", "images_per_second", "train_seconds")
+    tags = {"device": result.device, "data_hash": data.data_hash}
+    if pretrained:
+        tags |= {f"pretrained_{k}": str(pretrained[k]) for k in ("source", "sha256", "license")}
     return StageResult(
         value,
         metrics=numbers(value),
-        tags={"device": result.device, "data_hash": data.data_hash},
+        tags=tags,
         artifacts={layout.train_history: ""},
         pipeline_metrics={k: metrics[k] for k in headline},
         summary=[f"train: best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}"],

@@ -26,6 +26,7 @@ from classiflow.data.prepared import PreparedData
 from classiflow.progress import task_progress
 from classiflow.tensors import Normalizer, predict_logits, to_nchw
 from classiflow.training.device import autocast, seed_everything, select_device
+from classiflow.training.finetune import freeze_backbone
 from classiflow.training.optim import make_ema, make_optimizer, make_scheduler
 from classiflow.training.resume import load_state, save_state
 from classiflow.training.state import TrainState
@@ -142,6 +143,8 @@ def train_one_epoch(
 ) -> dict:
     """One pass over the epoch's batches: augment, step, schedule, average; the train half of the stats."""
     state.model.train()
+    if cfg.freeze_epochs:
+        freeze_backbone(state.model, frozen=epoch <= cfg.freeze_epochs)
     device = batches.train[0].device
     x_src, y_src = batches.source(epoch)
     order = torch.randperm(len(batches.train[1]), generator=state.generators["order"]).to(device)
@@ -237,6 +240,7 @@ def fit(
             if on_epoch_end is not None:
                 on_epoch_end(stats)
     model.load_state_dict(state.best_state)
+    freeze_backbone(model, frozen=False)
     return TrainResult(
         history=state.history,
         best_epoch=state.best_epoch,

@@ -13,19 +13,23 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from classiflow.config import TrainParams
+from classiflow.training.finetune import head_parameter_ids
 
 
 def parameter_groups(model: nn.Module, cfg: TrainParams) -> list[dict]:
     """Weight decay on weights only: decaying norm gains and biases hurts accuracy (as timm and
     torchvision's references do by default). Norm and bias parameters may take a larger
-    learning rate (``bias_lr_scale``), which fast schedules such as airbench's rely on."""
-    decay, no_decay = [], []
+    learning rate (``bias_lr_scale``), which fast schedules such as airbench's rely on. Everything but the
+    head may take a smaller one (``backbone_lr_scale``), as fine-tuning a pretrained backbone wants."""
+    head = head_parameter_ids(model) if cfg.backbone_lr_scale != 1.0 else set()
+    buckets: dict[tuple[bool, bool], list] = {}
     for param in model.parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr * cfg.bias_lr_scale})
+            buckets.setdefault((id(param) in head or not head, param.ndim <= 1), []).append(param)
+    groups = []
+    for (is_head, no_decay), params in sorted(buckets.items(), key=lambda kv: (not kv[0][0], kv[0][1])):
+        lr = cfg.lr * (cfg.bias_lr_scale if no_decay else 1.0) * (1.0 if is_head else cfg.backbone_lr_scale)
+        groups.append({"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr": lr})
     return groups
 
 
@@ -57,13 +61,15 @@ def lr_factor(cfg: TrainParams, steps_per_epoch: int):
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainParams, steps_per_epoch: int):
-    if cfg.scheduler == "onecycle":
+    total = cfg.epochs * steps_per_epoch
+    if cfg.scheduler == "onecycle" and total >= 4:  # fewer steps leave OneCycle a phase of zero steps
         rise = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs >= 1 else (cfg.warmup_epochs or 0.3)
+        edge = max(0.01, 2.0 / total)  # each phase at least two steps
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=[group["lr"] for group in optimizer.param_groups],
-            total_steps=cfg.epochs * steps_per_epoch,
-            pct_start=min(max(rise, 0.01), 0.99),
+            total_steps=total,
+            pct_start=min(max(rise, edge), 1.0 - edge),
             cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0,
         )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
