@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from classiflow.data.archive import sha256_file
+from classiflow.checksum import sha256_file
 from classiflow.pipeline import STAGES as PIPELINE
 
 REPO = Path(__file__).resolve().parents[1]

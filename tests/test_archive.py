@@ -4,7 +4,8 @@ import zipfile
 
 import pytest
 
-from classiflow.data.archive import check_members, extract, sha256_file, verify_sha256
+from classiflow.checksum import sha256_file, verify_sha256
+from classiflow.data.archive import check_members, extract
 from classiflow.errors import ClassiflowError
 
 

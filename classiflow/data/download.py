@@ -16,8 +16,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from classiflow.atomic import atomic_dir, write_json
+from classiflow.checksum import verify_sha256
 from classiflow.config import BUILTIN_DATASETS
-from classiflow.data.archive import check_members, is_archive_name, verify_sha256
+from classiflow.data.archive import check_members, is_archive_name
 from classiflow.errors import ClassiflowError
 from classiflow.progress import bytes_progress
 

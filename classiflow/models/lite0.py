@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from classiflow.data.archive import sha256_file
+from classiflow.checksum import sha256_file
 from classiflow.errors import ClassiflowError
 from classiflow.models.pretrained import save_weights
 

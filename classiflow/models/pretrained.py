@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from classiflow.atomic import atomic_path
-from classiflow.data.archive import verify_sha256
+from classiflow.checksum import verify_sha256
 from classiflow.errors import ClassiflowError
 from classiflow.models.timm_zoo import PREFIX, first_conv_name, head_module_names, is_timm
 
