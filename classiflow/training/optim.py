@@ -61,15 +61,17 @@ def lr_factor(cfg: TrainParams, steps_per_epoch: int):
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainParams, steps_per_epoch: int):
-    total = cfg.epochs * steps_per_epoch
-    if cfg.scheduler == "onecycle" and total >= 4:  # fewer steps leave OneCycle a phase of zero steps
+    if cfg.scheduler == "onecycle":
+        total = cfg.epochs * steps_per_epoch
         rise = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs >= 1 else (cfg.warmup_epochs or 0.3)
-        edge = max(0.01, 2.0 / total)  # each phase at least two steps
+        rise = min(max(rise, 0.01), 0.99)
+        if abs(rise * total - 1.0) < 1e-9:  # a rise of exactly one step has zero length: OneCycleLR divides by it
+            rise = 1.5 / total
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=[group["lr"] for group in optimizer.param_groups],
             total_steps=total,
-            pct_start=min(max(rise, edge), 1.0 - edge),
+            pct_start=rise,
             cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0,
         )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
