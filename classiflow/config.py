@@ -31,6 +31,7 @@ class DataParams(_Section):
     source: str = Field("cifar10", min_length=1)
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     image_size: int = Field(32, ge=8, le=1024)
+    resize: Literal["squash", "letterbox", "center_crop"] = "squash"  # non-square images (classiflow.data.resize)
     channels: Literal["auto", 1, 3] = "auto"
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)

@@ -88,7 +88,8 @@ def model_card(
         f"# Model card: {name}",
         "",
         f"- **Architecture:** `{spec['name']}` ({spec.get('attention', 'none')} attention), input "
-        f"{spec['in_channels']}x{spec['image_size']}x{spec['image_size']}, {len(classes)} classes",
+        f"{spec['in_channels']}x{spec['image_size']}x{spec['image_size']} (other shapes: data.resize "
+        f"{params.get('data.resize', 'squash')}), {len(classes)} classes",
         f"- **Data:** `{params.get('data.source')}`, prepared data hash `{checkpoint['data_hash']}`",
         f"- **Code:** git commit `{git_commit}`; card written {now}",
         f"- **Trained with horizontal flips:** {'yes' if trained_with_flip(checkpoint) else 'no'} "

@@ -8,7 +8,10 @@ from torch import nn
 
 
 def to_nchw(images: np.ndarray) -> torch.Tensor:
-    """N,H,W,C uint8 array -> contiguous N,C,H,W uint8 tensor (converted once, indexed per batch)."""
+    """N,H,W,C uint8 array -> N,C,H,W uint8 tensor: converted once into a contiguous copy, indexed per batch;
+    for a memory-mapped split, a view over the mapping (a batch is read when it is indexed)."""
+    if isinstance(images, np.memmap):
+        return torch.from_numpy(images).permute(0, 3, 1, 2)
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -43,7 +46,7 @@ def predict_views(
     model.eval()
     plain, flipped = [], []
     for start in range(0, len(images), batch_size):
-        xb = normalizer(images[start : start + batch_size].to(device, non_blocking=True))
+        xb = normalizer(images[start : start + batch_size].contiguous().to(device, non_blocking=True))
         logits = model(with_mirrors(xb) if mirrored else xb).float().cpu()
         plain.append(logits[: len(xb)])
         flipped.append(logits[len(xb) :])

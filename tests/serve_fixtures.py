@@ -47,7 +47,7 @@ def export_model_dir(out: Path, channels: int, formats: tuple[str, ...] = ("onnx
     if "torchscript" in formats:
         convert.to_torchscript(module, example, out / "model.ts")
     payload = {"classes": CLASSES, "mean": mean, "std": std, "model": {"name": "simplecnn"}}
-    data = SimpleNamespace(channels=channels, image_size=SIZE, data_hash="0" * 64)
+    data = SimpleNamespace(channels=channels, image_size=SIZE, resize="squash", data_hash="0" * 64)
     sources = [SimpleNamespace(label="trained", stem="model", module=module)]
     names = file_names("model", ExportParams(formats=list(formats), int8="none"))
     rows = [{"model": "trained", "format": fmt, "file": name, "status": "verified"} for fmt, name in names.items()]

@@ -9,6 +9,7 @@ import numpy as np
 
 from classiflow.atomic import read_json
 from classiflow.config import AugmentParams
+from classiflow.data.mapped import load_split
 from classiflow.errors import ClassiflowError
 
 POLICY_FILE = "policy.json"
@@ -49,7 +50,7 @@ def load_copies(
     """The augment stage's copies as ``[(images N,H,W,C uint8, labels N int64), ...]`` (empty if copies: 0).
 
     ``data_hash``, when given, must match the prepared data the copies were made from;
-    ``mmap`` maps the image arrays instead of reading them into memory.
+    ``mmap`` maps the image arrays instead of reading them into memory (large ones are mapped anyway).
     """
     augmented_dir = Path(augmented_dir)
     policy_path = augmented_dir / POLICY_FILE
@@ -69,7 +70,7 @@ def load_copies(
     for k in range(n_copies):
         image_file, label_file = copy_files(k)
         try:
-            images = np.load(augmented_dir / image_file, mmap_mode="r" if mmap else None, allow_pickle=False)
+            images = load_split(augmented_dir / image_file, True if mmap else None)
             labels = np.load(augmented_dir / label_file, allow_pickle=False)
         except (OSError, ValueError) as err:
             raise ClassiflowError(f"{augmented_dir}: copy {k} unreadable ({err}); rerun the augment stage") from None

@@ -1,7 +1,8 @@
 """Reading ``<root>/[train|val|test/]<class>/<image>`` trees into uint8 arrays.
 
-Images are opened only as PNG, JPEG, BMP or WebP and decoded in parallel processes; a file
-that is not such an image is skipped with a warning (or fails the run in strict mode).
+Images are opened only as PNG, JPEG, BMP or WebP and decoded in parallel processes straight into
+an array the caller owns (a memory-mapped file for a large set: decoding never holds the set twice);
+a file that is not such an image is skipped with a warning (or fails the run in strict mode).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from classiflow.cpu import usable_cores
+from classiflow.data.mapped import release_pages
+from classiflow.data.resize import fit_square
 from classiflow.errors import ClassiflowError
 from classiflow.progress import task_progress
 
@@ -42,8 +45,9 @@ class Tree:
 
 @dataclass
 class Decoded:
-    images: np.ndarray  # N,H,W,3 uint8
-    labels: np.ndarray  # N int64
+    """What :func:`decode_into` found; the pixels themselves are in the array it was given."""
+
+    ok: np.ndarray  # N bool: decoded (the others were skipped and their rows are zero)
     gray: np.ndarray  # N bool: the source image had one channel
     skipped: list[dict] = field(default_factory=list)
 
@@ -104,8 +108,10 @@ def scan(root: Path) -> Tree:
     return Tree(classes, splits)
 
 
-def decode_pil(img: Image.Image, size: int, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, bool]:
-    """An opened image -> ``size``x``size`` RGB uint8 and whether it had one channel.
+def decode_pil(
+    img: Image.Image, size: int, max_pixels: int = MAX_PIXELS, resize: str = "squash"
+) -> tuple[np.ndarray, bool]:
+    """An opened image -> ``size``x``size`` RGB uint8 (fitted by the ``resize`` policy) and whether it had one channel.
 
     Shared by training (``decode_image``) and serving (``classiflow.serving.images``) so that a served image
     gets exactly the pixels training would have seen. The pixel count is checked before ``load``: the header
@@ -120,10 +126,7 @@ def decode_pil(img: Image.Image, size: int, max_pixels: int = MAX_PIXELS) -> tup
         wide = np.asarray(img, dtype=np.float64)
         scale = 257.0 if wide.max() > 255 else 1.0
         img = Image.fromarray((wide / scale).clip(0, 255).astype(np.uint8))
-    rgb = img.convert("RGB")
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.asarray(rgb, dtype=np.uint8), gray
+    return np.asarray(fit_square(img.convert("RGB"), size, resize), dtype=np.uint8), gray
 
 
 def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
@@ -136,51 +139,53 @@ def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(images, 3, axis=-1)
 
 
-def decode_image(path: Path, size: int) -> tuple[np.ndarray, bool]:
+def decode_image(path: Path, size: int, resize: str = "squash") -> tuple[np.ndarray, bool]:
     """Decode one image to ``size``x``size`` RGB uint8; raise ``ValueError`` if it is no image."""
     try:
         with Image.open(path, formats=ALLOWED_FORMATS) as img:
-            return decode_pil(img, size)
+            return decode_pil(img, size, resize=resize)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(str(err) or type(err).__name__) from None
 
 
-def _decode_chunk(args: tuple[list[str], int]) -> list[tuple[np.ndarray | None, bool, str | None]]:
-    paths, size = args
+def _decode_chunk(args: tuple[list[str], int, str]) -> list[tuple[np.ndarray | None, bool, str | None]]:
+    paths, size, resize = args
     out = []
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         for p in paths:
             try:
-                arr, gray = decode_image(Path(p), size)
+                arr, gray = decode_image(Path(p), size, resize)
                 out.append((arr, gray, None))
             except (ValueError, Image.DecompressionBombWarning) as err:
                 out.append((None, False, str(err)))
     return out
 
 
-def decode_samples(samples: Samples, size: int, label: str, workers: int | None = None) -> Decoded:
+def decode_into(
+    samples: Samples, out: np.ndarray, label: str, resize: str = "squash", workers: int | None = None
+) -> Decoded:
+    """Decode every sample into row i of ``out`` (N, size, size, 3 uint8, N = len(samples.paths))."""
     workers = workers or usable_cores()
-    chunk = 512
+    size, chunk = out.shape[1], 512
     starts = range(0, len(samples.paths), chunk)
-    jobs = [([str(p) for p in samples.paths[i : i + chunk]], size) for i in starts]
-    images, grays, labels, skipped = [], [], [], []
+    jobs = [([str(p) for p in samples.paths[i : i + chunk]], size, resize) for i in starts]
+    ok, gray = np.zeros(len(samples.paths), bool), np.zeros(len(samples.paths), bool)
+    skipped = []
     with task_progress() as progress:
         task = progress.add_task(f"decode {label}", total=len(samples.paths), status="")
         pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
         try:
             results = pool.map(_decode_chunk, jobs) if pool else map(_decode_chunk, jobs)
             for start, decoded in zip(starts, results, strict=True):
-                for i, (arr, gray, error) in enumerate(decoded, start):
+                for i, (arr, is_gray, error) in enumerate(decoded, start):
                     if error is not None:
                         skipped.append({"file": str(samples.paths[i]), "reason": error})
                         continue
-                    images.append(arr)
-                    grays.append(gray)
-                    labels.append(samples.labels[i])
+                    out[i], ok[i], gray[i] = arr, True, is_gray
+                release_pages(out)
                 progress.update(task, advance=len(decoded), status=f"{len(skipped)} skipped")
         finally:
             if pool:
                 pool.shutdown()
-    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
-    return Decoded(stacked, np.asarray(labels, dtype=np.int64), np.asarray(grays, dtype=bool), skipped)
+    return Decoded(ok, gray, skipped)

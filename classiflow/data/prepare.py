@@ -1,7 +1,7 @@
 """The prepare stage: fixed, stratified, seeded splits stored as uint8 arrays with their stats.
 
-Training then reads whole arrays (``np.load``, well under a second for 50,000 images)
-instead of decoding image files every epoch.
+Training then reads whole arrays (``np.load``, well under a second for 50,000 images at 32x32, or
+memory-mapped when large: ``classiflow.data.prepared``) instead of decoding image files every epoch.
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +23,15 @@ from classiflow.atomic import atomic_dir, read_json, write_json
 from classiflow.config import DataParams
 from classiflow.data import archive, imagefolder
 from classiflow.data.download import MANIFEST
+from classiflow.data.mapped import release_pages
 from classiflow.errors import ClassiflowError
 
 log = logging.getLogger("classiflow.prepare")
 SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1
 Split = tuple[np.ndarray, np.ndarray]  # images N,H,W,C uint8; labels N int64
+CHUNK_BYTES = 64 << 20  # bound on the working memory of a step of gathering and writing images
+STATS_VALUES = 1 << 23  # pixel values per step of channel_stats (a float64 copy of them is made)
 
 
 def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
@@ -40,11 +45,23 @@ def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _load_builtin(name: str, root: Path, size: int) -> tuple[list[str], dict[str, Split], bool]:
+@dataclass
+class Source:
+    """One split as the source holds it; ``keep`` lists the rows that decoded (in order)."""
+
+    images: np.ndarray  # N,H,W,3 (or C) uint8, in memory or memory-mapped
+    labels: np.ndarray  # N int64
+    keep: np.ndarray  # row indices
+
+
+Picks = dict[str, tuple[str, np.ndarray]]  # final split -> (source split, rows of it)
+
+
+def _load_builtin(name: str, root: Path, size: int) -> tuple[list[str], dict[str, Source], bool]:
     import torchvision.datasets as tvd
 
     cls = {"cifar10": tvd.CIFAR10, "mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST}[name]
-    splits = {}
+    sources = {}
     for split, train in (("train", True), ("test", False)):
         try:
             ds = cls(str(root), train=train, download=False)
@@ -53,80 +70,96 @@ def _load_builtin(name: str, root: Path, size: int) -> tuple[list[str], dict[str
         data = np.asarray(ds.data, dtype=np.uint8)
         if data.ndim == 3:
             data = data[..., None]
-        splits[split] = (resize_batch(data, size), np.asarray(ds.targets, dtype=np.int64))
-    gray = splits["train"][0].shape[-1] == 1
-    return list(ds.classes), splits, gray
+        labels = np.asarray(ds.targets, dtype=np.int64)
+        sources[split] = Source(resize_batch(data, size), labels, np.arange(len(labels)))
+    gray = sources["train"].images.shape[-1] == 1
+    return list(ds.classes), sources, gray
 
 
-def _load_tree(root: Path, size: int, strict: bool) -> tuple[list[str], dict[str, Split], bool, list[dict]]:
+def _report_skipped(skipped: list[dict], strict: bool) -> None:
+    if skipped and strict:
+        raise ClassiflowError(
+            f"{len(skipped)} file(s) are not readable images (data.strict is on), "
+            f"first: {skipped[0]['file']}: {skipped[0]['reason']}"
+        )
+    for item in skipped[:20]:
+        log.warning("skipped %s: %s", item["file"], item["reason"])
+    if len(skipped) > 20:
+        log.warning("... and %d more skipped files", len(skipped) - 20)
+
+
+def _load_tree(root: Path, params: DataParams, scratch: Path) -> tuple[list[str], dict[str, Source], bool, list]:
+    """Decode every split of the tree into a memory-mapped file under ``scratch``."""
     tree = imagefolder.scan(root)
-    splits, skipped, all_gray = {}, [], True
+    size, sources, skipped, all_gray = params.image_size, {}, [], True
     for name, samples in tree.splits.items():
-        decoded = imagefolder.decode_samples(samples, size, name)
+        out = np.lib.format.open_memmap(scratch / f"{name}.npy", "w+", np.uint8, (len(samples.paths), size, size, 3))
+        decoded = imagefolder.decode_into(samples, out, name, params.resize)
         skipped += decoded.skipped
-        all_gray &= bool(decoded.gray.all())
-        splits[name] = (decoded.images, decoded.labels)
-    if skipped:
-        if strict:
-            raise ClassiflowError(
-                f"{len(skipped)} file(s) are not readable images (data.strict is on), "
-                f"first: {skipped[0]['file']}: {skipped[0]['reason']}"
-            )
-        for item in skipped[:20]:
-            log.warning("skipped %s: %s", item["file"], item["reason"])
-        if len(skipped) > 20:
-            log.warning("... and %d more skipped files", len(skipped) - 20)
-    main = splits.get("train", splits.get("all"))
-    empty = [c for i, c in enumerate(tree.classes) if not (main[1] == i).any()]
+        all_gray &= bool(decoded.gray[decoded.ok].all())
+        sources[name] = Source(out, np.asarray(samples.labels, dtype=np.int64), np.flatnonzero(decoded.ok))
+    _report_skipped(skipped, params.strict)
+    main = sources.get("train", sources.get("all"))
+    present = np.unique(main.labels[main.keep])
+    empty = [c for i, c in enumerate(tree.classes) if i not in present]
     if empty:
         raise ClassiflowError(f"class(es) with no readable image: {', '.join(empty)}")
-    return tree.classes, splits, all_gray, skipped
+    return tree.classes, sources, all_gray, skipped
 
 
-def _stratified(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, what: str):
-    counts = np.bincount(labels)
-    n_hold = int(round(len(labels) * fraction))
+def _stratified(rows: np.ndarray, labels: np.ndarray, fraction: float, seed: int, what: str):
+    """Split ``rows`` (whose labels are ``labels[rows]``) into kept and held-out rows, both in order."""
+    y = labels[rows]
+    counts = np.bincount(y)
+    n_hold = int(round(len(y) * fraction))
     n_classes = int((counts > 0).sum())
-    if counts[counts > 0].min() < 2 or n_hold < n_classes or len(labels) - n_hold < n_classes:
+    if counts[counts > 0].min() < 2 or n_hold < n_classes or len(y) - n_hold < n_classes:
         raise ClassiflowError(
-            f"too few images to split off a stratified {what} set ({len(labels)} images, "
+            f"too few images to split off a stratified {what} set ({len(y)} images, "
             f"smallest class {int(counts[counts > 0].min())}); add images or change data.{what}_fraction"
         )
-    idx = np.arange(len(labels))
-    keep, hold = train_test_split(idx, test_size=n_hold, stratify=labels, random_state=seed)
-    keep, hold = np.sort(keep), np.sort(hold)
-    return (images[keep], labels[keep]), (images[hold], labels[hold])
+    keep, hold = train_test_split(np.arange(len(y)), test_size=n_hold, stratify=y, random_state=seed)
+    return rows[np.sort(keep)], rows[np.sort(hold)]
 
 
-def _split(splits: dict[str, Split], params: DataParams) -> dict[str, Split]:
-    if "all" in splits:
-        rest, test = _stratified(*splits["all"], params.test_fraction, params.seed, "test")
+def _split(sources: dict[str, Source], params: DataParams) -> Picks:
+    """Which rows of which source split make each of train, val and test."""
+    if "all" in sources:
+        src = sources["all"]
+        rest, test = _stratified(src.keep, src.labels, params.test_fraction, params.seed, "test")
         val_share = params.val_fraction / (1.0 - params.test_fraction)
-        train, val = _stratified(*rest, val_share, params.seed, "val")
-        return {"train": train, "val": val, "test": test}
-    out = dict(splits)
-    if "val" not in out:
-        out["train"], out["val"] = _stratified(*splits["train"], params.val_fraction, params.seed, "val")
-    if "test" not in out:
-        out["train"], out["test"] = _stratified(*out["train"], params.test_fraction, params.seed, "test")
-    return out
+        train, val = _stratified(rest, src.labels, val_share, params.seed, "val")
+        return {"train": ("all", train), "val": ("all", val), "test": ("all", test)}
+    picks = {name: (name, src.keep) for name, src in sources.items()}
+    train = sources["train"]
+    if "val" not in picks:
+        rest, val = _stratified(train.keep, train.labels, params.val_fraction, params.seed, "val")
+        picks["train"], picks["val"] = ("train", rest), ("train", val)
+    if "test" not in picks:
+        rest, test = _stratified(picks["train"][1], train.labels, params.test_fraction, params.seed, "test")
+        picks["train"], picks["test"] = ("train", rest), ("train", test)
+    return picks
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean/std in [0, 1], accumulated in float64 chunks to bound memory."""
     c = images.shape[-1]
+    step = max(1, min(8192, STATS_VALUES // max(int(np.prod(images.shape[1:])), 1)))
     total, sq, n = np.zeros(c), np.zeros(c), 0
-    for start in range(0, len(images), 8192):
-        x = images[start : start + 8192].reshape(-1, c).astype(np.float64) / 255.0
+    for start in range(0, len(images), step):
+        x = images[start : start + step].reshape(-1, c).astype(np.float64)
+        x /= 255.0
         total += x.sum(0)
-        sq += (x * x).sum(0)
+        sq += np.square(x, out=x).sum(0)
         n += len(x)
+        release_pages(images)
     mean = total / n
     std = np.sqrt(np.maximum(sq / n - mean * mean, 1e-12))
     return mean.round(6).tolist(), std.round(6).tolist()
 
 
 def content_hash(splits: dict[str, Split], classes: list[str]) -> str:
+    """The digest :func:`prepare` records as ``data_hash`` (it computes it while writing, chunk by chunk)."""
     digest = hashlib.sha256(json.dumps(classes).encode())
     for name in SPLITS:
         images, labels = splits[name]
@@ -136,44 +169,73 @@ def content_hash(splits: dict[str, Split], classes: list[str]) -> str:
     return digest.hexdigest()
 
 
+def _write_split(folder: Path, name: str, source: Source, rows: np.ndarray, channels: int, digest) -> np.ndarray:
+    """Gather ``rows`` of ``source`` into ``<name>_images.npy`` (chunk by chunk, memory-mapped); return the labels."""
+    shape = (len(rows), *source.images.shape[1:3], channels)
+    out = np.lib.format.open_memmap(folder / f"{name}_images.npy", "w+", np.uint8, shape)
+    step = max(1, CHUNK_BYTES // (4 * max(int(np.prod(source.images.shape[1:])), 1)))  # to_channels: float32
+    digest.update(name.encode())
+    for start in range(0, len(rows), step):
+        block = np.ascontiguousarray(imagefolder.to_channels(source.images[rows[start : start + step]], channels))
+        out[start : start + len(block)] = block
+        digest.update(block.data)
+        release_pages(source.images)
+        release_pages(out)
+    out.flush()
+    del out
+    labels = np.ascontiguousarray(source.labels[rows])
+    digest.update(labels.data)
+    np.save(folder / f"{name}_labels.npy", labels)
+    return labels
+
+
+def _load(manifest: dict, raw_dir: Path, params: DataParams, scratch: Path):
+    if manifest["kind"] == "builtin":
+        return (*_load_builtin(manifest["name"], raw_dir, params.image_size), [])
+    if manifest["kind"] == "folder":
+        return _load_tree(raw_dir / manifest["path"], params, scratch)
+    tree = scratch / "extracted"
+    archive.extract(raw_dir / manifest["path"], tree)
+    try:
+        return _load_tree(tree, params, scratch)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+
+
 def prepare(raw_dir: Path, out_dir: Path, params: DataParams) -> dict:
-    """Turn ``raw_dir`` (the download stage's output) into ``out_dir``; return its metadata."""
+    """Turn ``raw_dir`` (the download stage's output) into ``out_dir``; return its metadata.
+
+    Images go from the decoder to a scratch file and from there, split by split, to their final files: memory
+    stays flat however large the set (a 224x224 CIFAR-sized set is 7.5 GB).
+    """
     manifest_path = raw_dir / MANIFEST
     if not manifest_path.exists():
         raise ClassiflowError(f"{raw_dir}: no {MANIFEST}; run the download stage first")
     manifest = read_json(manifest_path)
-    size, skipped = params.image_size, []
-    if manifest["kind"] == "builtin":
-        classes, splits, gray = _load_builtin(manifest["name"], raw_dir, size)
-    elif manifest["kind"] == "folder":
-        classes, splits, gray, skipped = _load_tree(raw_dir / manifest["path"], size, params.strict)
-    else:
-        with tempfile.TemporaryDirectory(prefix=".extract-", dir=out_dir.parent) as tmp:
-            archive.extract(raw_dir / manifest["path"], Path(tmp))
-            classes, splits, gray, skipped = _load_tree(Path(tmp), size, params.strict)
-    channels = params.channels if params.channels != "auto" else (1 if gray else 3)
-    splits = {k: (imagefolder.to_channels(x, channels), y) for k, (x, y) in splits.items()}
-    splits = _split(splits, params)
-    mean, std = channel_stats(splits["train"][0])
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "dataset": manifest["name"],
-        "source": manifest["source"],
-        "source_sha256": manifest.get("sha256"),
-        "classes": classes,
-        "channels": channels,
-        "image_size": size,
-        "mean": mean,
-        "std": std,
-        "sizes": {k: int(len(splits[k][1])) for k in SPLITS},
-        "class_counts": {k: np.bincount(splits[k][1], minlength=len(classes)).tolist() for k in SPLITS},
-        "skipped_count": len(skipped),
-        "skipped": skipped[:100],
-        "data_hash": content_hash(splits, classes),
-    }
-    with atomic_dir(out_dir) as tmp:
-        for name in SPLITS:
-            np.save(tmp / f"{name}_images.npy", np.ascontiguousarray(splits[name][0]))
-            np.save(tmp / f"{name}_labels.npy", splits[name][1])
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".prepare-", dir=out_dir.parent) as scratch, atomic_dir(out_dir) as tmp:
+        classes, sources, gray, skipped = _load(manifest, raw_dir, params, Path(scratch))
+        channels = params.channels if params.channels != "auto" else (1 if gray else 3)
+        picks = _split(sources, params)
+        digest = hashlib.sha256(json.dumps(classes).encode())
+        labels = {k: _write_split(tmp, k, sources[picks[k][0]], picks[k][1], channels, digest) for k in SPLITS}
+        mean, std = channel_stats(np.load(tmp / "train_images.npy", mmap_mode="r"))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "dataset": manifest["name"],
+            "source": manifest["source"],
+            "source_sha256": manifest.get("sha256"),
+            "classes": classes,
+            "channels": channels,
+            "image_size": params.image_size,
+            "resize": params.resize,
+            "mean": mean,
+            "std": std,
+            "sizes": {k: int(len(labels[k])) for k in SPLITS},
+            "class_counts": {k: np.bincount(labels[k], minlength=len(classes)).tolist() for k in SPLITS},
+            "skipped_count": len(skipped),
+            "skipped": skipped[:100],
+            "data_hash": digest.hexdigest(),
+        }
         write_json(tmp / "meta.json", meta)
     return meta

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from classiflow.atomic import read_json
+from classiflow.data.mapped import load_split
 from classiflow.errors import ClassiflowError
 
 
@@ -30,6 +31,10 @@ class PreparedData:
         return int(self.meta["image_size"])
 
     @property
+    def resize(self) -> str:
+        return self.meta.get("resize", "squash")
+
+    @property
     def data_hash(self) -> str:
         return self.meta["data_hash"]
 
@@ -45,13 +50,16 @@ def load_meta(prepared_dir: Path) -> dict:
     return read_json(path)
 
 
-def load_prepared(prepared_dir: Path, splits: tuple[str, ...] = ("train", "val", "test")) -> PreparedData:
+def load_prepared(
+    prepared_dir: Path, splits: tuple[str, ...] = ("train", "val", "test"), mapped: bool | None = None
+) -> PreparedData:
+    """The splits' arrays: in memory, or memory-mapped when large (``classiflow.data.mapped``) or ``mapped``."""
     prepared_dir = Path(prepared_dir)
     meta = load_meta(prepared_dir)
     images, labels = {}, {}
     for split in splits:
         try:
-            images[split] = np.load(prepared_dir / f"{split}_images.npy", allow_pickle=False)
+            images[split] = load_split(prepared_dir / f"{split}_images.npy", mapped)
             labels[split] = np.load(prepared_dir / f"{split}_labels.npy", allow_pickle=False)
         except (OSError, ValueError) as err:
             raise ClassiflowError(f"{prepared_dir}: {split} split unreadable ({err}); rerun prepare") from None

@@ -75,12 +75,12 @@ def collect(paths: Iterable[str | Path]) -> Inputs:
     return Inputs(files, [p for p in skipped if p.resolve() not in seen])  # named explicitly: tried, not skipped
 
 
-def _read(path: Path, size: int, channels: int, max_pixels: int) -> np.ndarray:
+def _read(path: Path, model, max_pixels: int) -> np.ndarray:
     try:
         data = path.read_bytes()
     except OSError as err:
         raise ClassiflowError(f"cannot read the file ({err.strerror or err})") from None
-    return decode(data, size, channels, max_pixels)
+    return decode(data, model.image_size, model.channels, max_pixels, model.resize)
 
 
 def predict_files(
@@ -99,7 +99,7 @@ def predict_files(
         arrays, good = [], []
         for path, row in zip(files[start : start + batch_size], chunk, strict=True):
             try:
-                arrays.append(_read(path, model.image_size, model.channels, max_pixels))
+                arrays.append(_read(path, model, max_pixels))
                 good.append(row)
             except Exception as err:  # noqa: BLE001 - one bad file becomes its row's error, never a crash
                 row.error = str(err) if isinstance(err, ClassiflowError) else f"{type(err).__name__}: {err}"

@@ -74,8 +74,11 @@ def declared_pixels(data: bytes) -> int | None:
         return None
 
 
-def decode(data: bytes, size: int, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """``data`` (a whole image file) -> uint8 (size, size, channels), exactly training's decode and conversion.
+def decode(
+    data: bytes, size: int, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS, resize: str = "squash"
+) -> np.ndarray:
+    """``data`` (a whole image file) -> uint8 (size, size, channels), exactly training's decode, fit to the square
+    (the ``resize`` policy the model was trained with) and conversion.
 
     channels=1: gray images keep their values, colour images become their luminance (what prepare does to a
     data set stored as one channel); channels=3: gray images become three equal channels.
@@ -86,7 +89,7 @@ def decode(data: bytes, size: int, channels: int, max_pixels: int = DEFAULT_MAX_
         raise ImageError(f"empty upload; send a {ACCEPTED} file")
     try:
         with Image.open(BytesIO(data), formats=ALLOWED_FORMATS) as img:
-            rgb, _ = decode_pil(img, size, max_pixels)
+            rgb, _ = decode_pil(img, size, max_pixels, resize)
     except UnidentifiedImageError:
         raise _refuse_unknown(data) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from classiflow.data.resize import POLICIES
 from classiflow.errors import ClassiflowError
 from classiflow.layout import SPEC_FILE
 
@@ -34,6 +35,7 @@ class LoadedModel:
     image_size: int
     channels: int
     runtime: str  # "onnxruntime" or "torchscript"
+    resize: str = "squash"  # how a non-square image is fitted (classiflow.data.resize), as in training
     metrics: dict = field(default_factory=dict)
     spec: dict = field(default_factory=dict)  # the preprocessing.json content
     run_logits: Runner | None = field(default=None, repr=False, compare=False)
@@ -78,6 +80,8 @@ def _read_spec(directory: Path) -> dict:
         raise ClassiflowError(f"{path}: 'image_size' must be an integer from 1 to 4096, got {size!r}")
     if spec.get("channels") not in (1, 3) or isinstance(spec.get("channels"), bool):
         raise ClassiflowError(f"{path}: 'channels' must be 1 or 3, got {spec.get('channels')!r}")
+    if spec.get("resize", "squash") not in POLICIES:
+        raise ClassiflowError(f"{path}: 'resize' must be one of {', '.join(POLICIES)}, got {spec.get('resize')!r}")
     return spec
 
 
@@ -207,6 +211,7 @@ def load_model_dir(
         image_size=int(spec["image_size"]),
         channels=int(spec["channels"]),
         runtime=runtime,
+        resize=spec.get("resize", "squash"),
         metrics=dict(metrics or {}),
         spec=spec,
         run_logits=run,

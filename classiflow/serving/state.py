@@ -53,7 +53,7 @@ class Server:
         return current
 
     async def decode(self, model: LoadedModel, data: bytes) -> np.ndarray:
-        args = (data, model.image_size, model.channels, self.settings.max_pixels)
+        args = (data, model.image_size, model.channels, self.settings.max_pixels, model.resize)
         pixels = images.declared_pixels(data)
         if pixels is not None and pixels > INLINE_PIXELS:
             return await run_in_threadpool(images.decode, *args)

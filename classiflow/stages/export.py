@@ -97,6 +97,7 @@ def _preprocessing(payload: dict, data: PreparedData, sources: list[Source], row
         "std": list(payload["std"]),
         "classes": list(payload["classes"]),
         "image_size": data.image_size,
+        "resize": data.resize,
         "channels": data.channels,
         "model": payload["model"]["name"],
         "data_hash": data.data_hash,

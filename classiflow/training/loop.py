@@ -22,6 +22,7 @@ from torch import nn
 
 from classiflow.config import TrainParams
 from classiflow.cpu import usable_cores
+from classiflow.data.mapped import is_mapped, release_pages
 from classiflow.data.prepared import PreparedData
 from classiflow.progress import task_progress
 from classiflow.tensors import Normalizer, predict_logits, to_nchw
@@ -33,6 +34,8 @@ from classiflow.training.state import TrainState
 
 log = logging.getLogger("classiflow.training")
 DATA_INIT_IMAGES = 5000
+DATA_INIT_VALUES = DATA_INIT_IMAGES * 3 * 32 * 32  # fewer images when they are large (a float copy of them is made)
+RELEASE_EVERY = 8  # steps between unmapping the pages a memory-mapped split has read (classiflow.data.mapped)
 PROGRESS_EVERY = 20  # steps between progress-bar updates (each one syncs the loss)
 
 
@@ -69,7 +72,8 @@ class Inputs:
 
 @dataclass
 class Batches:
-    """The run's tensors on its device, and how an epoch walks them."""
+    """The run's tensors on its device (memory-mapped splits stay on the CPU, read batch by batch), and how an
+    epoch walks them."""
 
     train: tuple[torch.Tensor, torch.Tensor]
     copies: list[tuple[torch.Tensor, torch.Tensor]]
@@ -78,6 +82,12 @@ class Batches:
     batch_size: int
     steps_per_epoch: int
     memory_format: torch.memory_format
+    device: torch.device
+    mapped: list = field(default_factory=list)  # the memory-mapped arrays behind the tensors
+
+    def release(self) -> None:
+        for array in self.mapped:
+            release_pages(array)
 
     def source(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The train split, or the epoch's materialised augmented copy (copies rotate by epoch)."""
@@ -100,20 +110,28 @@ def _batches(model: nn.Module, data: PreparedData, cfg: TrainParams, inputs: Inp
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
     normalizer = Normalizer(data.meta["mean"], data.meta["std"]).to(device)
-    x_train = to_nchw(data.images["train"]).to(device)
+
+    def split(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        home = torch.device("cpu") if is_mapped(images) else device
+        return to_nchw(images).to(home), torch.from_numpy(labels).to(home)
+
+    x_train, y_train = split(data.images["train"], data.labels["train"])
     if hasattr(model, "data_init"):
+        count = max(1, min(DATA_INIT_IMAGES, DATA_INIT_VALUES // max(x_train[0].numel(), 1)))
         with torch.no_grad():
-            model.data_init(normalizer(x_train[:DATA_INIT_IMAGES]))
+            model.data_init(normalizer(x_train[:count].contiguous().to(device)))
     n = len(x_train)
     batch_size = min(cfg.batch_size, n)
     return Batches(
-        train=(x_train, torch.from_numpy(data.labels["train"]).to(device)),
-        copies=[(to_nchw(x).to(device), torch.from_numpy(y).to(device)) for x, y in inputs.copies],
+        train=(x_train, y_train),
+        copies=[split(x, y) for x, y in inputs.copies],
         val=(to_nchw(data.images["val"]), torch.from_numpy(data.labels["val"])),
         normalizer=normalizer,
         batch_size=batch_size,
         steps_per_epoch=n // batch_size,  # the last partial batch is dropped: BN needs > 1 sample
         memory_format=memory_format,
+        device=device,
+        mapped=[a for a in (data.images["train"], data.images["val"], *(x for x, _ in inputs.copies)) if is_mapped(a)],
     )
 
 
@@ -145,16 +163,18 @@ def train_one_epoch(
     state.model.train()
     if cfg.freeze_epochs:
         freeze_backbone(state.model, frozen=epoch <= cfg.freeze_epochs)
-    device = batches.train[0].device
+    device = batches.device
     x_src, y_src = batches.source(epoch)
-    order = torch.randperm(len(batches.train[1]), generator=state.generators["order"]).to(device)
+    order = torch.randperm(len(batches.train[1]), generator=state.generators["order"]).to(x_src.device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     lr = state.optimizer.param_groups[0]["lr"]
     size, start = batches.batch_size, time.perf_counter()
     for step in range(batches.steps_per_epoch):
         idx = order[step * size : (step + 1) * size]
-        xb, yb = x_src[idx], y_src[idx]
+        xb, yb = x_src[idx].contiguous().to(device, non_blocking=True), y_src[idx].to(device, non_blocking=True)
+        if batches.mapped and step % RELEASE_EVERY == RELEASE_EVERY - 1:
+            batches.release()
         if augment is not None and not batches.copies:
             xb = augment.images(xb, state.generators["augment"])
         xb = batches.normalizer(xb).contiguous(memory_format=batches.memory_format)
@@ -232,6 +252,7 @@ def fit(
             progress.update(bar, completed=epoch * steps)
             eval_model = state.ema.module if state.ema is not None else model
             val_loss, val_acc = evaluate_split(eval_model, *batches.val, batches.normalizer, device)
+            batches.release()
             first = {key: trained.pop(key) for key in ("train_loss", "train_accuracy")}
             stats = {"epoch": epoch, **first, "val_loss": val_loss, "val_accuracy": val_acc, **trained}
             state.end_epoch(stats, eval_model)
