@@ -29,6 +29,12 @@ RUNS = {  # label -> (recipe, overrides)
     "scratch-fast-8-epochs": ("fast", {"train.epochs": 8, "train.min_steps": 0}),  # finetune's epoch count
     "finetune-fast": ("finetune-fast", {"model.pretrained": str(WEIGHTS)}),
     "finetune": ("finetune", {"model.pretrained": str(WEIGHTS)}),
+    # no linear probe (it reached 47% at 64x64), all seven epochs on the whole network: --image-size 96
+    "finetune-no-probe-7-epochs": (
+        "finetune",
+        {"model.pretrained": str(WEIGHTS), "train.freeze_epochs": 0, "train.epochs": 7},
+    ),
+    "scratch-fast-16-epochs": ("fast", {"train.epochs": 16, "train.min_steps": 0}),
 }
 
 

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
+BATCH_VALUES = 64 * 3 * 224 * 224  # input values per inference batch: 64 images at 224x224, 3,136 at 32x32
+
 
 def to_nchw(images: np.ndarray) -> torch.Tensor:
     """N,H,W,C uint8 array -> N,C,H,W uint8 tensor: converted once into a contiguous copy, indexed per batch;
@@ -42,16 +44,27 @@ def predict_views(
     mirrored: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits of a whole N,C,H,W uint8 tensor, in order, on the CPU; with ``mirrored`` also those of
-    every image's horizontal mirror, so that plain and flip-TTA accuracy come from one pass."""
+    every image's horizontal mirror, so that plain and flip-TTA accuracy come from one pass.
+
+    Large images go in smaller batches (:data:`BATCH_VALUES`): 1,024 images at 224x224 would need gigabytes of
+    activations. The logits are copied into tensors made once, not kept batch by batch: small tensors kept from
+    every batch would pin the allocator's heaps, each as large as a batch's activations."""
     model.eval()
-    plain, flipped = [], []
+    batch_size = max(1, min(batch_size, BATCH_VALUES // max(images[0].numel(), 1))) if len(images) else batch_size
+    plain = flipped = None
     for start in range(0, len(images), batch_size):
         xb = normalizer(images[start : start + batch_size].contiguous().to(device, non_blocking=True))
         logits = model(with_mirrors(xb) if mirrored else xb).float().cpu()
-        plain.append(logits[: len(xb)])
-        flipped.append(logits[len(xb) :])
-    join = lambda outs: torch.cat(outs) if outs else torch.zeros(0)  # noqa: E731
-    return join(plain), join(flipped) if mirrored else None
+        if plain is None:
+            plain = torch.empty(len(images), *logits.shape[1:])
+            flipped = torch.empty_like(plain) if mirrored else None
+        plain[start : start + len(xb)] = logits[: len(xb)]
+        if mirrored:
+            flipped[start : start + len(xb)] = logits[len(xb) :]
+    if plain is None:
+        plain = torch.zeros(0)
+        flipped = torch.zeros(0) if mirrored else None
+    return plain, flipped
 
 
 def with_mirrors(x: torch.Tensor) -> torch.Tensor:

@@ -152,3 +152,21 @@ def test_a_folder_with_skipped_images_is_compacted(tmp_path):
     data = load_prepared(tmp_path / "prepared")
     assert meta["skipped_count"] == 1 and sum(meta["sizes"].values()) == 35
     assert all(data.images[k].reshape(len(data.labels[k]), -1).max(1).min() > 0 for k in data.images)
+
+
+def test_large_images_are_predicted_in_smaller_batches_with_the_same_logits(monkeypatch):
+    import classiflow.tensors as tensors
+
+    torch.manual_seed(0)
+    model = build_model("fastnet", 3, 4, 16, width=8).eval()
+    images = torch.randint(0, 256, (37, 3, 16, 16), dtype=torch.uint8)
+    normalizer = tensors.Normalizer([0.5] * 3, [0.25] * 3)
+    seen = []
+    model.register_forward_hook(lambda _m, args, _out: seen.append(len(args[0])))
+    whole, whole_mirrored = tensors.predict_views(model, images, normalizer, torch.device("cpu"), 64, True)
+    monkeypatch.setattr(tensors, "BATCH_VALUES", 10 * 3 * 16 * 16)
+    seen.clear()
+    small, small_mirrored = tensors.predict_views(model, images, normalizer, torch.device("cpu"), 64, True)
+    assert seen == [20, 20, 20, 14]  # 10 images (and their mirrors) per batch
+    assert torch.allclose(whole, small, atol=1e-5) and torch.allclose(whole_mirrored, small_mirrored, atol=1e-5)
+    assert small.shape == (37, 4) and not torch.allclose(small, small_mirrored)

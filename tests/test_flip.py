@@ -26,6 +26,18 @@ def _bars(n: int, chiral: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def test_the_probe_gives_the_same_decision_a_chunk_at_a_time(monkeypatch):
+    from classiflow.augment import flip
+
+    train, val = _bars(200, True, 0), _bars(60, True, 1)
+    whole = probe_flip(*train, *val)
+    monkeypatch.setattr(flip, "CHUNK_VALUES", 16 * 16 * 7)  # 7 images per chunk
+    monkeypatch.setattr(flip, "MAX_TRAIN", 150)
+    chunked, sampled = probe_flip(*train, *val), flip._features(train[0], rows=np.array([5, 9]))
+    assert chunked.flip == whole.flip is False
+    assert np.array_equal(sampled, flip._features(train[0][[5, 9]]))
+
+
 def test_mirrored_images_of_another_class_switch_flipping_off():
     decision = probe_flip(*_bars(200, True, 0), *_bars(60, True, 1))
     assert not decision.flip and decision.kept < 0 and "not flipping" in decision.reason

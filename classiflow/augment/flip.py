@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from classiflow.config import AugmentParams
+from classiflow.data.mapped import release_pages
 from classiflow.data.prepared import PreparedData
 
 PROBE_SIZE = 16
 MIN_KEPT = 0.75  # flip when mirrored images keep at least this share of the above-chance accuracy
 MIN_ABOVE_CHANCE = 0.05  # a probe this close to chance cannot tell; flip, the usual choice for photos
 MAX_TRAIN = 20_000  # class means settle long before; keeps the probe near a second on any set
+CHUNK_VALUES = 1 << 23  # pixel values converted to float at once
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,24 @@ class FlipDecision:
         return asdict(self)
 
 
-def _features(images: np.ndarray, mirrored: bool = False) -> np.ndarray:
-    """N,H,W,C uint8 -> N,(16*16*C) float32, area-averaged down to the probe size (never up)."""
+def _features(images: np.ndarray, mirrored: bool = False, rows: np.ndarray | None = None) -> np.ndarray:
+    """N,H,W,C uint8 (``rows`` of it, if given) -> N,(16*16*C) float32, area-averaged down to the probe size
+    (never up), a chunk at a time: a float copy of 20,000 images at 224x224 would take 12 GB. Each chunk is
+    copied into one array made beforehand: small tensors kept from every chunk would pin the allocator's
+    heaps, each as large as a chunk's float copy."""
+    rows = np.arange(len(images)) if rows is None else rows
+    step = max(1, CHUNK_VALUES // max(int(np.prod(images.shape[1:])), 1))
+    out = None
+    for s in range(0, len(rows), step):
+        chunk = _chunk_features(images[rows[s : s + step]], mirrored)
+        if out is None:
+            out = np.empty((len(rows), chunk.shape[1]), np.float32)
+        out[s : s + len(chunk)] = chunk
+        release_pages(images)
+    return out if out is not None else np.zeros((0, PROBE_SIZE * PROBE_SIZE * images.shape[-1]), np.float32)
+
+
+def _chunk_features(images: np.ndarray, mirrored: bool) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
     if mirrored:
         x = x.flip(-1)
@@ -61,10 +79,11 @@ def probe_flip(train: np.ndarray, train_labels: np.ndarray, val: np.ndarray, val
     classes = np.unique(val_labels)
     if len(classes) < 2 or len(val_labels) < 2 * len(classes):
         return FlipDecision(True, f"too few validation images ({len(val_labels)}) to tell; flipping as for photos")
+    pick = np.arange(len(train))
     if len(train) > MAX_TRAIN:
         pick = np.sort(np.random.default_rng(0).choice(len(train), MAX_TRAIN, replace=False))
-        train, train_labels = train[pick], train_labels[pick]
-    features = _features(train)
+        train_labels = train_labels[pick]
+    features = _features(train, rows=pick)
     mean, std = features.mean(0), features.std(0) + 1e-6
     known = np.unique(train_labels)
     centroids = np.stack([((features[train_labels == c] - mean) / std).mean(0) for c in known])

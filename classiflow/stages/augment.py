@@ -27,6 +27,7 @@ from classiflow.augment.copies import POLICY_FILE, copy_files, copy_seed
 from classiflow.augment.flip import resolve_flip
 from classiflow.augment.preview import write_preview
 from classiflow.config import Params
+from classiflow.data.mapped import release_pages
 from classiflow.data.prepared import load_prepared
 from classiflow.layout import Layout
 from classiflow.progress import task_progress
@@ -41,7 +42,7 @@ THROUGHPUT_IMAGES = 4096
 
 def measure_throughput(augment: BatchAugment, x: torch.Tensor, seed: int, limit: int = THROUGHPUT_IMAGES) -> float:
     """Images per second of ``augment.images`` on up to ``limit`` images of ``x``, in batches of :data:`BATCH`."""
-    x = x[:limit]
+    x = x[:limit].contiguous()
     if len(x) == 0:
         return 0.0
     generator = torch.Generator().manual_seed(seed)
@@ -52,11 +53,15 @@ def measure_throughput(augment: BatchAugment, x: torch.Tensor, seed: int, limit:
     return len(x) / max(time.perf_counter() - start, 1e-9)
 
 
-def _augment_copy(augment: BatchAugment, x: torch.Tensor, seed: int, out: np.ndarray, advance) -> None:
+def _augment_copy(augment: BatchAugment, x: torch.Tensor, seed: int, out: np.ndarray, advance, source=None) -> None:
+    """Fill ``out`` with an augmented copy of ``x``; the pages read from ``source`` (the memory-mapped split
+    behind ``x``, if it is one) and written to ``out`` are handed back as it goes."""
     generator = torch.Generator().manual_seed(seed)
     for s in range(0, len(x), BATCH):
-        batch = augment.images(x[s : s + BATCH], generator)
+        batch = augment.images(x[s : s + BATCH].contiguous(), generator)
         out[s : s + len(batch)] = batch.permute(0, 2, 3, 1).numpy()
+        release_pages(source)
+        release_pages(out)
         advance(len(batch))
 
 
@@ -67,11 +72,10 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     images, labels = data.images["train"], data.labels["train"]
     augment = build_augment(cfg, len(data.classes), channels=data.channels, image_size=data.image_size)
     transforms = augment.describe()
-    x = to_nchw(images)
     n = len(labels)
 
     _preview(layout, augment, cfg.seed, cfg.preview, data)
-    images_per_second = measure_throughput(augment, x, cfg.seed)
+    images_per_second = measure_throughput(augment, to_nchw(images), cfg.seed)
     if cfg.copies and not augment.has_image_ops:
         log.warning("augment.copies=%d with no image transform: the copies equal the train split", cfg.copies)
 
@@ -99,7 +103,7 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     }
     with atomic_dir(layout.augmented) as tmp:
         if cfg.copies:
-            _write_copies(tmp, augment, x, images.shape, labels, seeds)
+            _write_copies(tmp, augment, images, labels, seeds)
         write_json(tmp / POLICY_FILE, policy)
     summary = {
         "transforms": transforms,
@@ -126,15 +130,16 @@ def _preview(layout: Layout, augment: BatchAugment, seed: int, count: int, data)
     write_preview(layout.augment_preview, shown, labels[idx.numpy()], data.classes, textwrap.fill(title, 110))
 
 
-def _write_copies(tmp: Path, augment: BatchAugment, x: torch.Tensor, shape, labels: np.ndarray, seeds: list) -> None:
+def _write_copies(tmp: Path, augment: BatchAugment, source: np.ndarray, labels: np.ndarray, seeds: list) -> None:
     """One augmented copy of the train split per seed, written as memory-mapped uint8 arrays (NHWC)."""
+    x, shape = to_nchw(source), source.shape
     with task_progress() as progress:
         task = progress.add_task("augment copies", total=len(seeds) * len(labels), status="")
         for k, seed in enumerate(seeds):
             progress.update(task, status=f"copy {k + 1}/{len(seeds)}")
             image_file, label_file = copy_files(k)
             out = np.lib.format.open_memmap(tmp / image_file, mode="w+", dtype=np.uint8, shape=shape)
-            _augment_copy(augment, x, seed, out, lambda m: progress.advance(task, m))
+            _augment_copy(augment, x, seed, out, lambda m: progress.advance(task, m), source)
             out.flush()
             del out
             np.save(tmp / label_file, labels)
