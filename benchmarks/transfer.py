@@ -3,9 +3,11 @@
 Each run is the pipeline's own stage functions (download once, prepare once, then augment, train and evaluate
 per recipe) in a folder of ``benchmarks/.cache/transfer``; the table gives the train stage's time, the test
 accuracy and the lowest per-class recall. Needs ``../shared/datasets/deeppcb-patches.tar.gz`` and
-``pip install classiflow[lite0]``. Writes the "transfer" section of docs/benchmarks.md.
+``pip install classiflow[lite0]``. Writes the "transfer" section of docs/benchmarks.md; with ``--export`` each
+run also goes through the export stage (TorchScript, ONNX, int8 ONNX, each verified against PyTorch on the
+test split and timed at batch 1) and its report is written to the "transfer_export" section.
 
-    python benchmarks/transfer.py [--runs scratch-fast,finetune] [--image-size 64] [--no-write]
+    python benchmarks/transfer.py [--runs scratch-fast,finetune] [--image-size 64] [--export] [--no-write]
 """
 
 from __future__ import annotations
@@ -53,11 +55,11 @@ def _base(image_size: int) -> Path:
     return root
 
 
-def run_one(label: str, image_size: int) -> dict:
+def run_one(label: str, image_size: int, with_export: bool = False) -> dict:
     from classiflow.config import parse_params
     from classiflow.layout import Layout
     from classiflow.recipes import load_recipe
-    from classiflow.stages import augment, evaluate, train
+    from classiflow.stages import augment, evaluate, export, train
 
     recipe, overrides = RUNS[label]
     root = CACHE / "transfer" / f"{label}-{image_size}"
@@ -72,7 +74,11 @@ def run_one(label: str, image_size: int) -> dict:
     scored = evaluate.run(layout, params).value
     recalls = {name: row["recall"] for name, row in scored["per_class"].items()}
     worst = min(recalls, key=recalls.get)
-    return {
+    exported = {}
+    if with_export:
+        export.run(layout, params)
+        exported = {"export_report": layout.export_report.read_text()}
+    return exported | {
         "label": label,
         "train_seconds": trained["train_seconds"],
         "epochs": trained["epochs_run"],
@@ -108,6 +114,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default="finetune-fast,finetune,scratch-fast-8-epochs")
     ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--export", action="store_true", help="also run the export stage on each trained model")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     if not ARCHIVE.exists():
@@ -118,12 +125,29 @@ def main() -> None:
         write_lite0(WEIGHTS)
     rows = []
     for label in args.runs.split(","):
-        rows.append(run_one(label, args.image_size))
-        print(rows[-1], flush=True)
+        rows.append(run_one(label, args.image_size, args.export))
+        print({k: v for k, v in rows[-1].items() if k != "export_report"}, flush=True)
     markdown = table(rows, args.image_size)
     print(markdown)
+    exports = export_section(rows, args.image_size) if args.export else ""
+    print(exports)
     if not args.no_write:
         write_section("transfer", markdown)
+        if exports:
+            write_section("transfer_export", exports)
+
+
+def export_section(rows: list[dict], image_size: int) -> str:
+    """Each run's export report (its own tables), under one heading naming the machine."""
+    parts = [
+        f"## Deploying the DeepPCB models: export stage reports\n\n`python benchmarks/transfer.py --export "
+        f"--image-size {image_size}` on {machine()}: the export stage on each trained model, as `make run` runs it."
+    ]
+    for r in rows:
+        body = r["export_report"].split("\n", 1)[1] if r["export_report"].startswith("#") else r["export_report"]
+        body = body.replace("\n## ", "\n#### ")
+        parts.append(f"### {r['label']} ({image_size}x{image_size})\n{body.strip()}")
+    return "\n\n".join(parts) + "\n"
 
 
 if __name__ == "__main__":
