@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -37,6 +37,9 @@ class DataParams(_Section):
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     seed: int = 42
     strict: bool = False
+    # keep each group of images in one split (classiflow.data.groups): a regular expression on the file's path
+    # in the data set (first capture group = the group) or a CSV of file,group rows
+    group_by: str | None = Field(None, min_length=1)
 
 
 class ModelParams(_Section):
@@ -90,6 +93,11 @@ class TrainParams(_Section):
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     warmup_epochs: float = Field(0.25, ge=0.0)  # cosine: linear warm-up; onecycle: rise (fraction if < 1)
     label_smoothing: float = Field(0.2, ge=0.0, lt=1.0)
+    # imbalanced classes (classiflow.training.imbalance): loss weight per class (balanced: n / (k n_c); a
+    # mapping names some classes, the rest weigh 1), and the epoch's draw (balanced: every class equally likely)
+    class_weights: Literal["none", "balanced"] | dict[str, Annotated[float, Field(gt=0.0)]] = "none"
+    sampler: Literal["random", "balanced"] = "random"
+    select_by: Literal["val_accuracy", "val_balanced_accuracy"] = "val_accuracy"  # which epoch's weights to keep
     freeze_epochs: int = Field(0, ge=0)  # train only the head for the first N epochs (a linear probe), then all
     backbone_lr_scale: float = Field(1.0, gt=0.0)  # lr multiplier for everything but the head
     grad_clip: float | None = Field(None, gt=0.0)  # max global gradient norm
@@ -108,6 +116,15 @@ class EvaluateParams(_Section):
     # flip TTA (average the logits of each image and its mirror): auto chooses it on the validation split,
     # and only for a model trained with flips; the deployed files compute the same predictions
     tta: bool | Literal["auto"] = "auto"
+    # temperature scaling fitted on validation (classiflow.calibration); served probabilities use it
+    calibrate: bool = True
+    explain: bool = True  # a Grad-CAM gallery of test mistakes and correct answers (classiflow.explain)
+    # operating points (classiflow.operating): the class a part may pass as, and per-class thresholds chosen on
+    # validation (min_recall: every defect class caught at threshold_target; max_false_alarm: at most that share
+    # of normal images flagged); serve and predict then answer a class or "uncertain"
+    normal_class: str | None = Field(None, min_length=1)
+    threshold_policy: Literal["none", "min_recall", "max_false_alarm"] = "none"
+    threshold_target: float = Field(0.99, gt=0.0, lt=1.0)
 
 
 class RegisterParams(_Section):

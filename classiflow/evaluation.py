@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from classiflow.atomic import atomic_path, write_text
 
@@ -19,6 +19,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     mp, mr, mf1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
         "macro_precision": float(mp),
         "macro_recall": float(mr),
         "macro_f1": float(mf1),
@@ -46,8 +47,19 @@ def write_predictions_csv(path: Path, y_true, y_pred, classes: list[str]) -> Non
     write_text(path, _csv(rows))
 
 
+def row_normalized(matrix: np.ndarray) -> np.ndarray:
+    """Each actual class's row as shares of that class (its recall on the diagonal); empty rows stay 0."""
+    return matrix / matrix.sum(axis=1, keepdims=True).clip(min=1)
+
+
 def write_confusion_csv(path: Path, matrix: np.ndarray, classes: list[str]) -> None:
     rows = [["actual \\ predicted", *classes]] + [[c, *map(int, matrix[i])] for i, c in enumerate(classes)]
+    write_text(path, _csv(rows))
+
+
+def write_normalized_confusion_csv(path: Path, matrix: np.ndarray, classes: list[str]) -> None:
+    shares = row_normalized(matrix)
+    rows = [["actual \\ predicted", *classes]] + [[c, *(f"{v:.4f}" for v in shares[i])] for i, c in enumerate(classes)]
     write_text(path, _csv(rows))
 
 
@@ -58,18 +70,9 @@ def write_per_class_csv(path: Path, metrics: dict) -> None:
     write_text(path, _csv(rows))
 
 
-def plot_confusion(path: Path, matrix: np.ndarray, classes: list[str], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _panel(ax, values: np.ndarray, text: np.ndarray, classes: list[str], title: str, vmax: float) -> object:
     n = len(classes)
-    size = max(5.0, 0.55 * n + 2.5)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    row_sums = matrix.sum(axis=1, keepdims=True).clip(min=1)
-    im = ax.imshow(matrix / row_sums, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of actual class")
+    im = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=vmax)
     ax.set_xticks(range(n), classes, rotation=45, ha="right")
     ax.set_yticks(range(n), classes)
     ax.set_xlabel("predicted")
@@ -78,16 +81,28 @@ def plot_confusion(path: Path, matrix: np.ndarray, classes: list[str], title: st
     if n <= 30:
         for i in range(n):
             for j in range(n):
-                share = matrix[i, j] / row_sums[i, 0]
-                ax.text(
-                    j,
-                    i,
-                    int(matrix[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if share > 0.5 else "black",
-                )
+                light = values[i, j] > 0.5 * vmax
+                ax.text(j, i, text[i, j], ha="center", va="center", fontsize=7, color="white" if light else "black")
+    return im
+
+
+def plot_confusion(path: Path, matrix: np.ndarray, classes: list[str], title: str) -> None:
+    """Raw counts beside the row-normalised matrix (each actual class's shares: recall on the diagonal), which
+    is the one to read when the classes are imbalanced."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(5.0, 0.55 * len(classes) + 2.5)
+    fig, (raw, norm) = plt.subplots(1, 2, figsize=(2 * size + 2, size))
+    shares = row_normalized(matrix)
+    counts = matrix.astype(int).astype(str)
+    im = _panel(raw, matrix, counts, classes, "counts", float(max(matrix.max(), 1)))
+    fig.colorbar(im, ax=raw, fraction=0.046, pad=0.04, label="images")
+    im = _panel(norm, shares, np.vectorize(lambda v: f"{100 * v:.0f}")(shares), classes, "% of actual class", 1.0)
+    fig.colorbar(im, ax=norm, fraction=0.046, pad=0.04, label="share of actual class")
+    fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -97,6 +112,7 @@ def plot_confusion(path: Path, matrix: np.ndarray, classes: list[str], title: st
 class ReportPaths(Protocol):
     predictions: Path
     confusion_matrix_csv: Path
+    confusion_normalized_csv: Path
     confusion_matrix_png: Path
     per_class: Path
 
@@ -109,6 +125,7 @@ def score_and_report(
     matrix = confusion(y_true, y_pred, len(classes))
     write_predictions_csv(paths.predictions, y_true, y_pred, classes)
     write_confusion_csv(paths.confusion_matrix_csv, matrix, classes)
+    write_normalized_confusion_csv(paths.confusion_normalized_csv, matrix, classes)
     write_per_class_csv(paths.per_class, metrics)
     plot_confusion(paths.confusion_matrix_png, matrix, classes, f"{title}: test accuracy {metrics['accuracy']:.2%}")
     return metrics, matrix

@@ -25,6 +25,11 @@ class Layout:
         return self.root / "data" / "prepared"
 
     @property
+    def class_counts_png(self) -> Path:
+        """The prepare stage's bar chart of images per class and split."""
+        return self.root / "reports" / "class_counts.png"
+
+    @property
     def augmented(self) -> Path:
         """The augment stage's output: the resolved policy and any materialised copies."""
         return self.root / "data" / "augmented"
@@ -68,12 +73,40 @@ class Layout:
         return self.root / "reports" / "confusion_matrix.csv"
 
     @property
+    def confusion_normalized_csv(self) -> Path:
+        """Each actual class's row as shares of it (recall on the diagonal)."""
+        return self.root / "reports" / "confusion_matrix_normalized.csv"
+
+    @property
     def confusion_matrix_png(self) -> Path:
         return self.root / "reports" / "confusion_matrix.png"
 
     @property
     def per_class(self) -> Path:
         return self.root / "reports" / "per_class.csv"
+
+    @property
+    def pr_curves_csv(self) -> Path:
+        """Test precision against recall per class (and defect vs ok): a DVC plot."""
+        return self.root / "reports" / "pr_curves.csv"
+
+    @property
+    def pr_curves_png(self) -> Path:
+        return self.root / "reports" / "pr_curves.png"
+
+    @property
+    def gradcam_png(self) -> Path:
+        """Grad-CAM heat maps of test mistakes and correct answers, per class."""
+        return self.root / "reports" / "gradcam.png"
+
+    @property
+    def reliability_csv(self) -> Path:
+        """Test confidence against accuracy per bin, before and after temperature scaling (a DVC plot)."""
+        return self.root / "reports" / "reliability.csv"
+
+    @property
+    def reliability_png(self) -> Path:
+        return self.root / "reports" / "reliability.png"
 
     @property
     def pruned_model(self) -> Path:

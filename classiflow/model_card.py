@@ -41,13 +41,58 @@ def _accuracy_line(evaluation: dict[str, Any]) -> str:
     used = "with flip TTA, which the files compute" if tta.get("used") else "without TTA"
     return (
         f"- **Test accuracy:** {_pct(evaluation['accuracy'])} ({used}; {both}; TTA choice: "
-        f"{tta.get('reason', 'n/a')}), macro F1 {evaluation['macro_f1']:.4f} on {evaluation['test_size']} "
-        "held-out test images"
+        f"{tta.get('reason', 'n/a')}), balanced accuracy {_pct(evaluation.get('balanced_accuracy'))}, macro F1 "
+        f"{evaluation['macro_f1']:.4f} on {evaluation['test_size']} held-out test images"
     )
+
+
+def _calibration_line(evaluation: dict[str, Any]) -> str:
+    cal = evaluation.get("calibration")
+    if not cal:
+        return "- **Probabilities:** softmax of the logits (not calibrated)"
+    return (
+        f"- **Probabilities:** softmax(logits / {cal['temperature']:.3f}), the temperature fitted on the validation "
+        f"split; expected calibration error on test {_pct(cal['ece_before'])} raw, {_pct(cal['ece_after'])} scaled"
+    )
+
+
+def _ci(row: dict, key: str) -> str:
+    low, high = row[f"{key}_ci"]
+    return f"{_pct(row[key])} [{_pct(low)}, {_pct(high)}]"
+
+
+def _operating_section(point: dict[str, Any] | None) -> list[str]:
+    """The thresholds serving applies, and what they did on validation (where chosen) and on test."""
+    if not point or "thresholds" not in point:
+        return []
+    normal, key = point["normal"], "caught" if point["normal"] else "recall"
+    what = "caught (not passed as `" + normal + "`)" if normal else "recall"
+    lines = [
+        "",
+        "## Operating point",
+        "",
+        f"`{point['policy']}` at {point['target']:g}, thresholds chosen on the validation split; served answers are a "
+        f"class or `uncertain`. Target **{'met' if point['met_on_test'] else 'missed'}** on test.",
+        "",
+        f"| class | threshold | validation {what} | test {what} (95% CI) |",
+        "|---|---:|---:|---:|",
+    ]
+    for cls, t in point["thresholds"].items():
+        if cls == normal:
+            continue
+        val, test = point["val"]["per_class"][cls], point["test"]["per_class"][cls]
+        lines.append(f"| {cls} | {t:.4f} | {_pct(val[key])} | {_ci(test, key)} |")
+    test = point["test"]
+    if "false_alarm" in test:
+        lines += ["", f"False alarms on test (`{normal}` images flagged): {_ci(test, 'false_alarm')}; "
+                  f"uncertain {_pct(test['uncertain'])}."]  # fmt: skip
+    return lines
 
 
 def _pruned_section(pruning: dict[str, Any]) -> list[str]:
     status = pruning.get("status", "accepted")
+    if status == "none":
+        return ["", "## Pruned variant", "", "None (`prune.method: none`)."]
     summary = (
         f"`{pruning['method']}` at amount {pruning['amount']} ({pruning['finetune_epochs']} fine-tuning epochs per "
         f"step): {pruning['params_before']:,} -> {pruning['params_after']:,} parameters, test accuracy "
@@ -56,8 +101,6 @@ def _pruned_section(pruning: dict[str, Any]) -> list[str]:
     )
     if status == "rejected":
         summary = f"**Rejected, not shipped:** {pruning.get('reason')}. " + summary
-    elif status == "none":
-        summary = "None (`prune.method: none`)."
     return ["", "## Pruned variant", "", summary]
 
 
@@ -95,6 +138,7 @@ def model_card(
         f"- **Trained with horizontal flips:** {'yes' if trained_with_flip(checkpoint) else 'no'} "
         f"(augment.flip {params.get('augment.flip')})",
         _accuracy_line(evaluation),
+        _calibration_line(evaluation),
         f"- **Input:** raw pixel values 0-255, float32 NCHW; the files normalise with mean "
         f"{[round(m, 4) for m in checkpoint['mean']]} and std {[round(s, 4) for s in checkpoint['std']]} themselves",
         _weights_line(checkpoint.get("pretrained")),
@@ -110,6 +154,7 @@ def model_card(
     ]
     for cls, row in evaluation.get("per_class", {}).items():
         lines.append(f"| {cls} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |")
+    lines += _operating_section(evaluation.get("operating_point"))
     lines += _pruned_section(pruning)
     lines += [
         "",

@@ -97,8 +97,11 @@ def _gate(
     alpha: float,
     max_latency_ms: float | None,
     candidate_latency_ms: float | None,
+    operating_point: str | None = None,
 ) -> tuple[bool, str]:
-    # The latency budget is a hard limit: even the first champion must meet it.
+    # The operating point and the latency budget are hard limits: even the first champion must meet them.
+    if operating_point is not None and operating_point != "met":
+        return False, "it missed its operating point on test (evaluate.threshold_policy; see its model card)"
     if max_latency_ms is not None:
         if candidate_latency_ms is None:
             return False, (
@@ -139,18 +142,22 @@ def decide(
     candidate_latency_ms: float | None = None,
     has_champion: bool | None = None,
     force: bool = False,
+    operating_point: str | None = None,
 ) -> Decision:
     """Apply the gate to per-image correctness (bool arrays in the same image order).
 
     ``has_champion`` defaults to whether ``champion_correct`` was given; pass True with no
-    arrays when the comparison could not be made (only ``force`` then promotes).
+    arrays when the comparison could not be made (only ``force`` then promotes). ``operating_point`` is the
+    candidate's ``met``/``missed`` tag (None: it has no threshold policy); a miss is refused.
     """
     if has_champion is None:
         has_champion = champion_correct is not None
     comparison = None
     if candidate_correct is not None and champion_correct is not None:
         comparison = compare(candidate_correct, champion_correct)
-    promote, reason = _gate(comparison, has_champion, policy, alpha, max_latency_ms, candidate_latency_ms)
+    promote, reason = _gate(
+        comparison, has_champion, policy, alpha, max_latency_ms, candidate_latency_ms, operating_point
+    )
     if force:
         reason = f"forced (the gate alone would have {'promoted' if promote else 'refused'}: {reason})"
         promote = True

@@ -61,6 +61,15 @@ def test_dvc_repro_runs_every_stage_and_registers_a_challenger(project, first_re
     assert sum(int(v) for row in grid[1:] for v in row[1:]) == meta["sizes"]["test"] == TEST_IMAGES
     evaluation = read(project, "metrics/evaluate.json")
     assert evaluation["test_size"] == TEST_IMAGES and evaluation["accuracy"] > 0.9  # digits: a model, not a guess
+    shares = list(csv.reader(open(project / "reports/confusion_matrix_normalized.csv")))
+    recall = {row[0]: float(row[1 + i]) for i, row in enumerate(shares[1:])}
+    assert recall == pytest.approx({c: m["recall"] for c, m in evaluation["per_class"].items()}, abs=1e-4)
+    assert evaluation["balanced_accuracy"] == pytest.approx(sum(recall.values()) / len(recall), abs=1e-3)
+    assert (project / "reports/reliability.png").stat().st_size > 0
+    prepared = read(project, "records/prepare.json")  # the sanity report beside the run ids
+    assert prepared["run_id"] and prepared["class_counts"] == meta["class_counts"]
+    assert set(prepared["sanity"]["duplicates"]) == {"within", "across", "examples"}
+    assert (project / "reports/class_counts.png").stat().st_size > 0
 
     mlflow_client = client(project)
     version = check_registered(project, NAME)
@@ -106,8 +115,15 @@ def test_registered_version_serves_what_evaluate_measured_with_a_model_card(proj
 
     test = np.load(project / "data/prepared/test_images.npy")
     labels = np.load(project / "data/prepared/test_labels.npy")
-    served = float((load_model_dir(local).predict(test).argmax(1) == labels).mean())
-    assert abs(served - read(project, "metrics/evaluate.json")["accuracy"]) <= 1 / len(labels)
+    loaded = load_model_dir(local)
+    probabilities = loaded.predict(test)
+    served = float((probabilities.argmax(1) == labels).mean())
+    evaluation = read(project, "metrics/evaluate.json")
+    assert abs(served - evaluation["accuracy"]) <= 1 / len(labels)
+    # served probabilities are over the temperature evaluate fitted, and the card says so
+    assert loaded.temperature == pytest.approx(evaluation["calibration"]["temperature"])
+    assert loaded.temperature > 0
+    assert f"softmax(logits / {loaded.temperature:.3f})" in card
 
 
 def test_baseline_and_comparison_sit_beside_the_cnn(project, first_repro):

@@ -82,7 +82,7 @@ def test_predict_cli_writes_every_file_with_an_error_column(folder, exported, tm
     assert "2 of 8 files could not be read" in result.stderr and "skipped 2 files" in result.stderr
     rows = _rows(out)
     expected = ["path", "predicted", "probability", "top2", "top2_probability", *(f"prob_{c}" for c in CLASSES)]
-    assert list(rows[0]) == header(CLASSES, 2) == [*expected, "error"]
+    assert list(rows[0]) == header(CLASSES, 2) == [*expected, "decision", "error"]
     good = [r for r in rows if not r["error"]]
     assert len(rows) == 8 and len(good) == 6
     for row in good:
@@ -90,6 +90,7 @@ def test_predict_cli_writes_every_file_with_an_error_column(folder, exported, tm
         assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
         assert row["predicted"] == max(probs, key=probs.get) and float(row["probability"]) == max(probs.values())
         assert row["top2"] != row["predicted"] and float(row["top2_probability"]) <= float(row["probability"])
+        assert row["decision"] == row["predicted"]  # no operating point: the answer is the top class
     for row in rows:
         if row["error"]:
             assert row["predicted"] == row["probability"] == row[f"prob_{CLASSES[0]}"] == ""

@@ -70,6 +70,7 @@ def test_predict_multipart_and_raw_body_agree_with_the_model(rgb):
     assert (body["model"], body["version"]) == ("shapes", "1")
     assert body["latency_ms"] > 0
     assert raw.json()["predictions"] == body["predictions"]
+    assert body["decision"] == body["predictions"][0]["class"]  # no operating point: the top class
     probs = {p["class"]: p["probability"] for p in body["predictions"]}
     assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
     assert [probs[c] for c in CLASSES] == pytest.approx(expected.tolist(), abs=1e-6)

@@ -143,6 +143,12 @@ def _spec_edit(dirs, tmp_path, **changes) -> Path:
         ({"classes": ["a", "b", "c", "d"]}, "lists 4 classes"),
         ({"channels": 2}, "'channels' must be 1 or 3"),
         ({"image_size": "big"}, "'image_size'"),
+        ({"temperature": 0}, "'temperature' must be a positive number"),
+        ({"operating_point": {"policy": "min_recall"}}, "'operating_point' must hold policy"),
+        (
+            {"operating_point": {"policy": "min_recall", "target": 0.9, "normal": "ok", "thresholds": {}}},
+            "names classes the model does not have: ok",
+        ),
         ({"channels": 1}, "fails on a 1x16x16 input"),
         ({"files": {"trained": {"onnx": "missing.onnx"}}}, "neither missing.onnx"),
     ],

@@ -131,6 +131,7 @@ def test_uploaded_png_gives_the_bars_the_api_returns(page, server):
         assert bar["width"] == pytest.approx(100 * p["probability"], abs=1e-3)
     assert [b["width"] for b in shown] == sorted((b["width"] for b in shown), reverse=True)
     sync_api.expect(page.locator("#latency")).to_contain_text("shapes v7")
+    sync_api.expect(page.locator("#decision")).to_have_text(f"Answer: {api['decision']}")
     sync_api.expect(page.locator("#error")).to_be_hidden()
 
 

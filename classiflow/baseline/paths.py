@@ -29,6 +29,10 @@ class BaselinePaths:
         return self.reports / "confusion_matrix.csv"
 
     @property
+    def confusion_normalized_csv(self) -> Path:
+        return self.reports / "confusion_matrix_normalized.csv"
+
+    @property
     def confusion_matrix_png(self) -> Path:
         return self.reports / "confusion_matrix.png"
 
@@ -41,7 +45,10 @@ class BaselinePaths:
         return self.reports / "predictions.csv"
 
     def as_dict(self) -> dict[str, str]:
-        names = ("model", "metrics", "confusion_matrix_csv", "confusion_matrix_png", "per_class", "predictions")
+        names = (
+            "model", "metrics", "confusion_matrix_csv", "confusion_normalized_csv", "confusion_matrix_png",
+            "per_class", "predictions",
+        )  # fmt: skip
         return {name: str(getattr(self, name)) for name in names}
 
 

@@ -41,6 +41,11 @@ class Samples:
 class Tree:
     classes: list[str]
     splits: dict[str, Samples]  # "all" when the tree has no split folders
+    root: Path | None = None  # the folder the split (or class) folders are in
+
+    def relative(self, split: str) -> list[str]:
+        """The split's files as paths inside the data set (``train/ok/1.png``), for ``data.group_by``."""
+        return [p.relative_to(self.root).as_posix() for p in self.splits[split].paths]
 
 
 @dataclass
@@ -50,6 +55,7 @@ class Decoded:
     ok: np.ndarray  # N bool: decoded (the others were skipped and their rows are zero)
     gray: np.ndarray  # N bool: the source image had one channel
     skipped: list[dict] = field(default_factory=list)
+    sizes: np.ndarray | None = None  # N,2 int: each source image's width and height before resizing
 
 
 def _visible_dirs(path: Path) -> list[Path]:
@@ -105,7 +111,7 @@ def scan(root: Path) -> Tree:
             paths += files_by_class[cls]
             labels += [index[cls]] * len(files_by_class[cls])
         splits[name] = Samples(paths, labels)
-    return Tree(classes, splits)
+    return Tree(classes, splits, root)
 
 
 def decode_pil(
@@ -139,26 +145,35 @@ def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(images, 3, axis=-1)
 
 
-def decode_image(path: Path, size: int, resize: str = "squash") -> tuple[np.ndarray, bool]:
-    """Decode one image to ``size``x``size`` RGB uint8; raise ``ValueError`` if it is no image."""
+def decode_file(path: Path, size: int, resize: str = "squash") -> tuple[np.ndarray, bool, tuple[int, int]]:
+    """Decode one image to ``size``x``size`` RGB uint8, with whether it was gray and its own (width, height);
+    raise ``ValueError`` if it is no image."""
     try:
         with Image.open(path, formats=ALLOWED_FORMATS) as img:
-            return decode_pil(img, size, resize=resize)
+            return (*decode_pil(img, size, resize=resize), img.size)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(str(err) or type(err).__name__) from None
 
 
-def _decode_chunk(args: tuple[list[str], int, str]) -> list[tuple[np.ndarray | None, bool, str | None]]:
+def decode_image(path: Path, size: int, resize: str = "squash") -> tuple[np.ndarray, bool]:
+    arr, gray, _ = decode_file(path, size, resize)
+    return arr, gray
+
+
+Decode = tuple[np.ndarray | None, bool, str | None, tuple[int, int]]  # pixels, gray, error, source size
+
+
+def _decode_chunk(args: tuple[list[str], int, str]) -> list[Decode]:
     paths, size, resize = args
     out = []
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         for p in paths:
             try:
-                arr, gray = decode_image(Path(p), size, resize)
-                out.append((arr, gray, None))
+                arr, gray, dims = decode_file(Path(p), size, resize)
+                out.append((arr, gray, None, dims))
             except (ValueError, Image.DecompressionBombWarning) as err:
-                out.append((None, False, str(err)))
+                out.append((None, False, str(err), (0, 0)))
     return out
 
 
@@ -171,6 +186,7 @@ def decode_into(
     starts = range(0, len(samples.paths), chunk)
     jobs = [([str(p) for p in samples.paths[i : i + chunk]], size, resize) for i in starts]
     ok, gray = np.zeros(len(samples.paths), bool), np.zeros(len(samples.paths), bool)
+    sizes = np.zeros((len(samples.paths), 2), np.int32)
     skipped = []
     with task_progress() as progress:
         task = progress.add_task(f"decode {label}", total=len(samples.paths), status="")
@@ -178,14 +194,14 @@ def decode_into(
         try:
             results = pool.map(_decode_chunk, jobs) if pool else map(_decode_chunk, jobs)
             for start, decoded in zip(starts, results, strict=True):
-                for i, (arr, is_gray, error) in enumerate(decoded, start):
+                for i, (arr, is_gray, error, dims) in enumerate(decoded, start):
                     if error is not None:
                         skipped.append({"file": str(samples.paths[i]), "reason": error})
                         continue
-                    out[i], ok[i], gray[i] = arr, True, is_gray
+                    out[i], ok[i], gray[i], sizes[i] = arr, True, is_gray, dims
                 release_pages(out)
                 progress.update(task, advance=len(decoded), status=f"{len(skipped)} skipped")
         finally:
             if pool:
                 pool.shutdown()
-    return Decoded(ok, gray, skipped)
+    return Decoded(ok, gray, skipped, sizes)

@@ -23,8 +23,11 @@ from classiflow.atomic import atomic_dir, read_json, write_json
 from classiflow.config import DataParams
 from classiflow.data import archive, imagefolder
 from classiflow.data.download import MANIFEST
+from classiflow.data.groups import group_keys, grouped_holdout, summarize
 from classiflow.data.mapped import release_pages
+from classiflow.data.sanity import class_balance, duplicates, odd_images, row_hashes
 from classiflow.errors import ClassiflowError
+from classiflow.layout import project_root
 
 log = logging.getLogger("classiflow.prepare")
 SPLITS = ("train", "val", "test")
@@ -52,6 +55,10 @@ class Source:
     images: np.ndarray  # N,H,W,3 (or C) uint8, in memory or memory-mapped
     labels: np.ndarray  # N int64
     keep: np.ndarray  # row indices
+    groups: np.ndarray | None = None  # N group keys (data.group_by), or None: every image its own group
+    files: list[str] | None = None  # N paths inside the data set (image folders and archives)
+    sizes: np.ndarray | None = None  # N,2 source width and height
+    gray: np.ndarray | None = None  # N bool: the source image had one channel
 
 
 Picks = dict[str, tuple[str, np.ndarray]]  # final split -> (source split, rows of it)
@@ -91,13 +98,20 @@ def _report_skipped(skipped: list[dict], strict: bool) -> None:
 def _load_tree(root: Path, params: DataParams, scratch: Path) -> tuple[list[str], dict[str, Source], bool, list]:
     """Decode every split of the tree into a memory-mapped file under ``scratch``."""
     tree = imagefolder.scan(root)
+    if params.group_by:
+        names = list(tree.splits)
+        relative = [p for name in names for p in tree.relative(name)]
+        keys, start = group_keys(relative, params.group_by, project_root()), 0
     size, sources, skipped, all_gray = params.image_size, {}, [], True
     for name, samples in tree.splits.items():
         out = np.lib.format.open_memmap(scratch / f"{name}.npy", "w+", np.uint8, (len(samples.paths), size, size, 3))
         decoded = imagefolder.decode_into(samples, out, name, params.resize)
         skipped += decoded.skipped
         all_gray &= bool(decoded.gray[decoded.ok].all())
-        sources[name] = Source(out, np.asarray(samples.labels, dtype=np.int64), np.flatnonzero(decoded.ok))
+        labels, keep = np.asarray(samples.labels, dtype=np.int64), np.flatnonzero(decoded.ok)
+        sources[name] = Source(out, labels, keep, None, tree.relative(name), decoded.sizes, decoded.gray)
+        if params.group_by:
+            sources[name].groups, start = keys[start : start + len(samples.paths)], start + len(samples.paths)
     _report_skipped(skipped, params.strict)
     main = sources.get("train", sources.get("all"))
     present = np.unique(main.labels[main.keep])
@@ -122,21 +136,27 @@ def _stratified(rows: np.ndarray, labels: np.ndarray, fraction: float, seed: int
     return rows[np.sort(keep)], rows[np.sort(hold)]
 
 
+def _holdout(rows: np.ndarray, src: Source, fraction: float, seed: int, what: str):
+    if src.groups is not None:
+        return grouped_holdout(rows, src.labels, src.groups, fraction, seed, what)
+    return _stratified(rows, src.labels, fraction, seed, what)
+
+
 def _split(sources: dict[str, Source], params: DataParams) -> Picks:
     """Which rows of which source split make each of train, val and test."""
     if "all" in sources:
         src = sources["all"]
-        rest, test = _stratified(src.keep, src.labels, params.test_fraction, params.seed, "test")
+        rest, test = _holdout(src.keep, src, params.test_fraction, params.seed, "test")
         val_share = params.val_fraction / (1.0 - params.test_fraction)
-        train, val = _stratified(rest, src.labels, val_share, params.seed, "val")
+        train, val = _holdout(rest, src, val_share, params.seed, "val")
         return {"train": ("all", train), "val": ("all", val), "test": ("all", test)}
     picks = {name: (name, src.keep) for name, src in sources.items()}
     train = sources["train"]
     if "val" not in picks:
-        rest, val = _stratified(train.keep, train.labels, params.val_fraction, params.seed, "val")
+        rest, val = _holdout(train.keep, train, params.val_fraction, params.seed, "val")
         picks["train"], picks["val"] = ("train", rest), ("train", val)
     if "test" not in picks:
-        rest, test = _stratified(picks["train"][1], train.labels, params.test_fraction, params.seed, "test")
+        rest, test = _holdout(picks["train"][1], train, params.test_fraction, params.seed, "test")
         picks["train"], picks["test"] = ("train", rest), ("train", test)
     return picks
 
@@ -169,8 +189,9 @@ def content_hash(splits: dict[str, Split], classes: list[str]) -> str:
     return digest.hexdigest()
 
 
-def _write_split(folder: Path, name: str, source: Source, rows: np.ndarray, channels: int, digest) -> np.ndarray:
-    """Gather ``rows`` of ``source`` into ``<name>_images.npy`` (chunk by chunk, memory-mapped); return the labels."""
+def _write_split(folder: Path, name: str, source: Source, rows: np.ndarray, channels: int, digest, hashes: list):
+    """Gather ``rows`` of ``source`` into ``<name>_images.npy`` (chunk by chunk, memory-mapped); return the labels
+    (``hashes`` gets each image's content hash)."""
     shape = (len(rows), *source.images.shape[1:3], channels)
     out = np.lib.format.open_memmap(folder / f"{name}_images.npy", "w+", np.uint8, shape)
     step = max(1, CHUNK_BYTES // (4 * max(int(np.prod(source.images.shape[1:])), 1)))  # to_channels: float32
@@ -179,6 +200,7 @@ def _write_split(folder: Path, name: str, source: Source, rows: np.ndarray, chan
         block = np.ascontiguousarray(imagefolder.to_channels(source.images[rows[start : start + step]], channels))
         out[start : start + len(block)] = block
         digest.update(block.data)
+        hashes += row_hashes(block)
         release_pages(source.images)
         release_pages(out)
     out.flush()
@@ -189,8 +211,23 @@ def _write_split(folder: Path, name: str, source: Source, rows: np.ndarray, chan
     return labels
 
 
+def _sanity(sources: dict[str, Source], picks: Picks, hashes: dict[str, list[str]], meta: dict) -> dict:
+    """Class balance, exact duplicates within and across splits, and images unlike the rest
+    (``classiflow.data.sanity``)."""
+    files = {k: [sources[s].files[r] for r in rows] for k, (s, rows) in picks.items() if sources[s].files}
+    report = {"balance": class_balance(meta["class_counts"], meta["classes"]), "duplicates": duplicates(hashes, files)}
+    with_sizes = [src for src in sources.values() if src.sizes is not None]
+    if with_sizes:
+        sizes = np.concatenate([s.sizes[s.keep] for s in with_sizes])
+        gray = np.concatenate([s.gray[s.keep] for s in with_sizes])
+        report["odd"] = odd_images(sizes, gray, [s.files[r] for s in with_sizes for r in s.keep])
+    return report
+
+
 def _load(manifest: dict, raw_dir: Path, params: DataParams, scratch: Path):
     if manifest["kind"] == "builtin":
+        if params.group_by:
+            raise ClassiflowError(f"data.group_by: {manifest['name']} is a built-in data set with no file paths")
         return (*_load_builtin(manifest["name"], raw_dir, params.image_size), [])
     if manifest["kind"] == "folder":
         return _load_tree(raw_dir / manifest["path"], params, scratch)
@@ -217,8 +254,10 @@ def prepare(raw_dir: Path, out_dir: Path, params: DataParams) -> dict:
         classes, sources, gray, skipped = _load(manifest, raw_dir, params, Path(scratch))
         channels = params.channels if params.channels != "auto" else (1 if gray else 3)
         picks = _split(sources, params)
-        digest = hashlib.sha256(json.dumps(classes).encode())
-        labels = {k: _write_split(tmp, k, sources[picks[k][0]], picks[k][1], channels, digest) for k in SPLITS}
+        digest, hashes = hashlib.sha256(json.dumps(classes).encode()), {k: [] for k in SPLITS}
+        labels = {
+            k: _write_split(tmp, k, sources[picks[k][0]], picks[k][1], channels, digest, hashes[k]) for k in SPLITS
+        }
         mean, std = channel_stats(np.load(tmp / "train_images.npy", mmap_mode="r"))
         meta = {
             "format_version": FORMAT_VERSION,
@@ -235,7 +274,10 @@ def prepare(raw_dir: Path, out_dir: Path, params: DataParams) -> dict:
             "class_counts": {k: np.bincount(labels[k], minlength=len(classes)).tolist() for k in SPLITS},
             "skipped_count": len(skipped),
             "skipped": skipped[:100],
+            "groups": params.group_by
+            and {"by": params.group_by} | summarize({k: sources[s].groups[r] for k, (s, r) in picks.items()}),
             "data_hash": digest.hexdigest(),
         }
+        meta["sanity"] = _sanity(sources, picks, hashes, meta)
         write_json(tmp / "meta.json", meta)
     return meta

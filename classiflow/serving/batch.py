@@ -34,6 +34,7 @@ class Row:
     path: str
     probabilities: np.ndarray | None = None  # (K,) float32, None when the file failed
     error: str | None = None
+    decision: str = ""  # the model's answer (a class, or "uncertain" under its operating point)
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,8 @@ def predict_files(
                 row.error = str(err) if isinstance(err, ClassiflowError) else f"{type(err).__name__}: {err}"
         if arrays:
             probabilities = np.asarray(model.predict(np.stack(arrays)), dtype=np.float32)
-            for row, p in zip(good, probabilities, strict=True):
-                row.probabilities = p
+            for row, p, answer in zip(good, probabilities, model.decide(probabilities), strict=True):
+                row.probabilities, row.decision = p, answer
         rows += chunk
         if on_batch is not None:
             on_batch(len(chunk), sum(r.error is not None for r in chunk))
@@ -122,15 +123,16 @@ def summarize(rows: Sequence[Row], classes: Sequence[str], skipped: int = 0) -> 
     counts = dict.fromkeys(classes, 0)
     for row in rows:
         if row.probabilities is not None:
-            counts[classes[int(np.argmax(row.probabilities))]] += 1
+            answer = row.decision or classes[int(np.argmax(row.probabilities))]
+            counts[answer] = counts.get(answer, 0) + 1
     failed = sum(r.probabilities is None for r in rows)
     return Summary(len(rows) - failed, failed, skipped, counts)
 
 
 def header(classes: Sequence[str], top_k: int = 1) -> list[str]:
-    """path, predicted, probability, [top2, top2_probability, ...], prob_<class> per class, error."""
+    """path, predicted, probability, [top2, top2_probability, ...], prob_<class> per class, decision, error."""
     ranks = [col for k in range(2, min(top_k, len(classes)) + 1) for col in (f"top{k}", f"top{k}_probability")]
-    return ["path", "predicted", "probability", *ranks, *(f"prob_{c}" for c in classes), "error"]
+    return ["path", "predicted", "probability", *ranks, *(f"prob_{c}" for c in classes), "decision", "error"]
 
 
 def table(rows: Sequence[Row], classes: Sequence[str], top_k: int = 1) -> list[list[str]]:
@@ -138,12 +140,14 @@ def table(rows: Sequence[Row], classes: Sequence[str], top_k: int = 1) -> list[l
     out = []
     for row in rows:
         if row.probabilities is None:
-            out.append([row.path, "", "", *[""] * (2 * (k - 1) + len(classes)), row.error or ""])
+            out.append([row.path, "", "", *[""] * (2 * (k - 1) + len(classes)), "", row.error or ""])
             continue
         p = row.probabilities
         order = np.argsort(-p, kind="stable")[:k]
         ranked = [v for i in order[1:] for v in (classes[i], f"{p[i]:.6f}")]
-        out.append([row.path, classes[order[0]], f"{p[order[0]]:.6f}", *ranked, *(f"{v:.6f}" for v in p), ""])
+        out.append(
+            [row.path, classes[order[0]], f"{p[order[0]]:.6f}", *ranked, *(f"{v:.6f}" for v in p), row.decision, ""]
+        )
     return out
 
 

@@ -21,9 +21,11 @@ import numpy as np
 from classiflow.data.resize import POLICIES
 from classiflow.errors import ClassiflowError
 from classiflow.layout import SPEC_FILE
+from classiflow.operating import UNCERTAIN, OperatingPoint, decide
 
 log = logging.getLogger("classiflow.serving")
 DEFAULT_INPUT = "pixels"
+UNCERTAIN_ANSWER = "uncertain"
 Runner = Callable[[np.ndarray], np.ndarray]  # float32 N,C,S,S raw pixels -> logits N,K
 
 
@@ -36,20 +38,28 @@ class LoadedModel:
     channels: int
     runtime: str  # "onnxruntime" or "torchscript"
     resize: str = "squash"  # how a non-square image is fitted (classiflow.data.resize), as in training
+    temperature: float = 1.0  # logits are divided by it before the softmax (classiflow.calibration)
+    operating_point: OperatingPoint | None = None  # thresholds chosen on validation (classiflow.operating)
     metrics: dict = field(default_factory=dict)
     spec: dict = field(default_factory=dict)  # the preprocessing.json content
     run_logits: Runner | None = field(default=None, repr=False, compare=False)
     details: dict = field(default_factory=dict)  # file, providers/threads: what /metadata reports
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, S, S, C) images -> float32 (N, K) class probabilities (softmax of the logits)."""
+        """uint8 (N, S, S, C) images -> float32 (N, K) class probabilities (softmax of the logits over the
+        temperature evaluate fitted on validation, so that a probability means what it says)."""
         expected = (self.image_size, self.image_size, self.channels)
         if images.ndim != 4 or images.shape[1:] != expected or images.dtype != np.uint8:
             raise ValueError(f"expected uint8 (N, {', '.join(map(str, expected))}), got {images.dtype} {images.shape}")
         if self.run_logits is None:
             raise RuntimeError(f"model {self.name} version {self.version} has no runtime attached")
         pixels = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
-        return softmax(np.asarray(self.run_logits(pixels)))
+        return softmax(np.asarray(self.run_logits(pixels)) / self.temperature)
+
+    def decide(self, probabilities: np.ndarray) -> list[str]:
+        """The answer per image: a class, or ``uncertain`` when the operating point's thresholds say so."""
+        answer = decide(np.asarray(probabilities), self.classes, self.operating_point)
+        return [UNCERTAIN_ANSWER if i == UNCERTAIN else self.classes[i] for i in answer]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -82,7 +92,25 @@ def _read_spec(directory: Path) -> dict:
         raise ClassiflowError(f"{path}: 'channels' must be 1 or 3, got {spec.get('channels')!r}")
     if spec.get("resize", "squash") not in POLICIES:
         raise ClassiflowError(f"{path}: 'resize' must be one of {', '.join(POLICIES)}, got {spec.get('resize')!r}")
+    t = spec.get("temperature", 1.0)
+    if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 < t < 1000.0:
+        raise ClassiflowError(f"{path}: 'temperature' must be a positive number, got {t!r}")
+    _operating_point(spec, path)
     return spec
+
+
+def _operating_point(spec: dict, path: Path) -> OperatingPoint | None:
+    raw = spec.get("operating_point")
+    if raw is None:
+        return None
+    try:
+        point = OperatingPoint.from_dict(raw)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ClassiflowError(f"{path}: 'operating_point' must hold policy, target, normal and thresholds") from None
+    unknown = sorted({*point.thresholds, *([point.normal] if point.normal else [])} - set(spec["classes"]))
+    if unknown:
+        raise ClassiflowError(f"{path}: 'operating_point' names classes the model does not have: {', '.join(unknown)}")
+    return point
 
 
 def _file(directory: Path, spec: dict, kind: str, default: str) -> Path:
@@ -212,6 +240,8 @@ def load_model_dir(
         channels=int(spec["channels"]),
         runtime=runtime,
         resize=spec.get("resize", "squash"),
+        temperature=float(spec.get("temperature", 1.0)),
+        operating_point=_operating_point(spec, directory / SPEC_FILE),
         metrics=dict(metrics or {}),
         spec=spec,
         run_logits=run,
@@ -232,4 +262,6 @@ def describe(model: LoadedModel) -> dict[str, Any]:
         "runtime_details": {k: v for k, v in model.details.items() if k != "directory"},
         "architecture": model.spec.get("model"),
         "data_hash": model.spec.get("data_hash"),
+        "temperature": model.temperature,
+        "operating_point": model.operating_point and model.operating_point.as_dict(),
     }

@@ -28,6 +28,10 @@ class Prediction(BaseModel):
 class PredictResult(BaseModel):
     model: str
     version: str
+    decision: str = Field(
+        description="the answer: the top class, or under the model's operating point (thresholds chosen on "
+        "validation) a class or 'uncertain'"
+    )
     predictions: list[Prediction]
     latency_ms: float
 
@@ -35,6 +39,7 @@ class PredictResult(BaseModel):
 class BatchItem(BaseModel):
     index: int
     filename: str | None = None
+    decision: str | None = Field(None, description="present when the image was classified (as for /predict)")
     predictions: list[Prediction] | None = Field(None, description="present when the image was classified")
     error: str | None = Field(None, description="present when the image was refused")
 

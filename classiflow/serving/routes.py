@@ -44,7 +44,8 @@ async def predict(request: Request, top_k: int | None = TOP_K) -> JSONResponse:
     image = await server.decode(current, await read_one(request))
     probs = await server.batcher.predict(image, current)
     server.metrics.images.inc()
-    return _answer(current, start, predictions=_top(probs, current.classes, top_k or server.settings.top_k))
+    top = _top(probs, current.classes, top_k or server.settings.top_k)
+    return _answer(current, start, decision=current.decide(probs[None])[0], predictions=top)
 
 
 @router.post("/predict/batch", responses={200: {"model": BatchResult}, **ERRORS}, openapi_extra=BATCH_BODY)
@@ -62,7 +63,8 @@ async def predict_batch(request: Request, top_k: int | None = TOP_K) -> JSONResp
             return {"error": str(err)}
         probs = await server.batcher.predict(image, current)
         server.metrics.images.inc()
-        return {"predictions": _top(probs, current.classes, top_k or server.settings.top_k)}
+        top = _top(probs, current.classes, top_k or server.settings.top_k)
+        return {"decision": current.decide(probs[None])[0], "predictions": top}
 
     results = await asyncio.gather(*(one(b) for b in blobs))
     items = [{"index": i, "filename": n, **r} for i, (n, r) in enumerate(zip(names, results, strict=True))]

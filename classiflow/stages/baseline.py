@@ -76,7 +76,7 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
         metrics={k: float(result[k]) for k in SCALARS},
         tags={"data_hash": result["data_hash"], "features_cached": str(result["features_cached"])},
         artifacts={paths[k]: "baseline" for k in ("metrics", "confusion_matrix_png", "confusion_matrix_csv",
-                                                  "per_class", "model")},
+                                                  "confusion_normalized_csv", "per_class", "model")},
         pipeline_metrics={"baseline_test_accuracy": result["accuracy"], "baseline_macro_f1": result["macro_f1"]},
         summary=[
             f"baseline: {model_name(params.baseline)} test accuracy {result['accuracy']:.4f}, macro F1 "

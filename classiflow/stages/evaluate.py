@@ -4,22 +4,29 @@ Flip test-time augmentation is decided here, on the validation split, and only f
 on mirrored images (a digit never seen mirrored is not recognised better by averaging in its mirror image).
 The headline accuracy is that of the chosen predictions, which the export stage builds into every deployed
 file, so evaluate, the registry, the promotion gate and serving all score the same predictions; plain and
-TTA accuracy are reported side by side.
+TTA accuracy are reported side by side. A softmax temperature is fitted on the validation split's chosen
+predictions and checked on test (expected calibration error before and after); the export stage hands it to
+serving.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
 
 from classiflow.atomic import read_json, write_json
+from classiflow.calibration import calibrate, plot_reliability, write_reliability_csv
 from classiflow.checkpoint import check_same_data, load_checkpoint, trained_with_flip
-from classiflow.config import Params
+from classiflow.config import EvaluateParams, Params
+from classiflow.curves import plot_curves, pr_curves, write_curves_csv
 from classiflow.data.prepared import load_prepared
 from classiflow.errors import ClassiflowError
 from classiflow.evaluation import score_and_report
+from classiflow.explain import gallery, grad_cam, plot_gallery, plot_note
 from classiflow.layout import Layout
+from classiflow.operating import check_normal, choose, met, summarize
 from classiflow.stages.result import NO_REPORT, Report, StageResult
 from classiflow.tensors import Normalizer, mirror_average, predict_views, to_nchw
 from classiflow.training import select_device
@@ -50,15 +57,65 @@ def tta_used(layout: Layout) -> bool:
     return bool(read_json(layout.eval_metrics).get("tta", {}).get("used", False))
 
 
-HEADLINE = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "test_loss")
+def temperature(layout: Layout) -> float:
+    """The softmax temperature evaluate fitted (1.0 for metrics written before calibration existed)."""
+    return float(read_json(layout.eval_metrics).get("calibration", {}).get("temperature", 1.0))
+
+
+def chosen_point(layout: Layout) -> dict | None:
+    """The thresholds evaluate chose on validation (``classiflow.operating``), or None under no policy."""
+    point = read_json(layout.eval_metrics).get("operating_point", {})
+    return {k: point[k] for k in ("policy", "target", "normal", "thresholds")} if "thresholds" in point else None
+
+
+log = logging.getLogger("classiflow.evaluate")
+HEADLINE = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "test_loss")
+CALIBRATION = ("temperature", "ece_before", "ece_after", "nll_before", "nll_after")
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
 
 
+def operating_point(layout: Layout, ev: EvaluateParams, probs: dict, labels: dict, classes: list[str], title) -> dict:
+    """Precision-recall curves on test and, under a threshold policy, the thresholds chosen on validation with
+    what they do on both splits (``classiflow.operating``)."""
+    point = None
+    if ev.threshold_policy != "none":
+        point = choose(probs["val"], labels["val"], classes, ev.threshold_policy, ev.threshold_target, ev.normal_class)
+    curves = pr_curves(probs["test"], labels["test"], classes, ev.normal_class)
+    write_curves_csv(layout.pr_curves_csv, curves)
+    plot_curves(layout.pr_curves_png, probs["test"], labels["test"], classes, curves, point, title)
+    out = {"normal_class": ev.normal_class, "average_precision": {k: c["average_precision"] for k, c in curves.items()}}
+    if point is None:
+        return out
+    found = {split: summarize(probs[split], labels[split], classes, point) for split in ("val", "test")}
+    return out | point.as_dict() | found | {f"met_on_{k}": met(v, point) for k, v in found.items()}
+
+
+def explain(layout: Layout, model, normalizer, images, labels, probs, classes: list[str], device) -> int:
+    """The Grad-CAM gallery (an optional report: a model it cannot explain is logged and skipped, and the image
+    says why)."""
+    rows = gallery(labels, probs)
+    if not rows:
+        plot_note(layout.gradcam_png, "No Grad-CAM gallery: the test split is empty")
+        return 0
+    predicted = torch.from_numpy(probs[rows].argmax(1)).to(device)
+    try:
+        cams = grad_cam(model, normalizer(to_nchw(images[rows]).to(device)), predicted)
+    except ClassiflowError as err:
+        log.warning("evaluate: no Grad-CAM gallery: %s", err)
+        plot_note(layout.gradcam_png, f"No Grad-CAM gallery: {err}")
+        return 0
+    pairs = list(zip(rows, predicted.tolist(), strict=True))
+    names = [f"{classes[labels[r]]} -> {classes[p]} {probs[r].max():.2f}" for r, p in pairs]
+    plot_gallery(layout.gradcam_png, images[rows], cams, names, [labels[r] != p for r, p in pairs])
+    return len(rows)
+
+
 def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResult:
     model, ckpt = load_checkpoint(layout.model)
+    check_normal(params.evaluate.normal_class, ckpt["classes"])
     data = load_prepared(layout.prepared, ("val", "test"))
     check_same_data(layout.model, ckpt, data.data_hash)
     device = select_device(params.train.device)
@@ -77,6 +134,8 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     }
     used, reason = choose_tta(params.evaluate.tta, flip_trained, *scores["val"])
     logits = views["test"][1 if used else 0]
+    calibration = calibrate((views["val"][1 if used else 0], labels["val"]), (logits, labels["test"]),
+                            params.evaluate.calibrate)  # fmt: skip
     y_true, y_pred = data.labels["test"], logits.argmax(1).numpy()
     title = f"{ckpt['model']['name']} on {data.meta['dataset']}" + (" (flip TTA)" if used else "")
     metrics, matrix = score_and_report(layout, y_true, y_pred, ckpt["classes"], title)
@@ -92,6 +151,19 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     metrics["inference_ms_per_image"] = 1000.0 * seconds / max(passes, 1) * (2 if used else 1)
     metrics["model_bytes"] = layout.model.stat().st_size
     metrics["test_loss"] = float(torch.nn.functional.cross_entropy(logits, labels["test"]))
+    metrics["calibration"] = {k: calibration[k] for k in CALIBRATION}
+    write_reliability_csv(layout.reliability_csv, calibration)
+    plot_reliability(layout.reliability_png, calibration, f"{title}: test calibration")
+    chosen = {split: views[split][1 if used else 0] for split in views}
+    probs = {split: torch.softmax(v.double() / calibration["temperature"], 1).numpy() for split, v in chosen.items()}
+    points = operating_point(layout, params.evaluate, probs, data.labels, ckpt["classes"], title)
+    metrics["operating_point"] = points
+    metrics["explained"] = 0
+    if not params.evaluate.explain:
+        plot_note(layout.gradcam_png, "No Grad-CAM gallery: evaluate.explain is false")
+    else:
+        metrics["explained"] = explain(layout, model, normalizer, data.images["test"], data.labels["test"],
+                                       probs["test"], ckpt["classes"], device)  # fmt: skip
     write_json(layout.eval_metrics, metrics)
     return _result(layout, {**metrics, "data_hash": data.data_hash, "confusion_matrix": matrix.tolist()})
 
@@ -102,8 +174,17 @@ def _result(layout: Layout, metrics: dict) -> StageResult:
     per_class = {
         f"{name}_{m}": v for name, vals in metrics["per_class"].items() for m, v in vals.items() if m != "support"
     }
-    tta = metrics["tta"]
-    files = (layout.eval_metrics, layout.confusion_matrix_png, layout.confusion_matrix_csv, layout.per_class)
+    tta, calibration = metrics["tta"], metrics["calibration"]
+    views |= {f"test_{k}" if k.startswith(("ece", "nll")) else k: calibration[k] for k in CALIBRATION}
+    files = (
+        layout.eval_metrics, layout.confusion_matrix_png, layout.confusion_matrix_csv, layout.confusion_normalized_csv,
+        layout.per_class, layout.reliability_png, layout.reliability_csv, layout.pr_curves_png, layout.pr_curves_csv,
+        layout.gradcam_png,
+    )  # fmt: skip
+    point = metrics["operating_point"]
+    if "test" in point:
+        views |= {"test_uncertain": point["test"]["uncertain"], "operating_point_met": float(point["met_on_test"])}
+        views |= {"test_false_alarm": point["test"]["false_alarm"]} if "false_alarm" in point["test"] else {}
     return StageResult(
         metrics,
         metrics=headline | views | per_class,
@@ -111,7 +192,23 @@ def _result(layout: Layout, metrics: dict) -> StageResult:
         artifacts=dict.fromkeys(files, ""),
         pipeline_metrics=headline | views,
         summary=[
-            f"evaluate: test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f} "
-            f"on {metrics['test_size']} images"
+            f"evaluate: test accuracy {metrics['accuracy']:.4f}, balanced {metrics['balanced_accuracy']:.4f}, "
+            f"macro F1 {metrics['macro_f1']:.4f} on {metrics['test_size']} images",
+            f"evaluate: temperature {calibration['temperature']:.3f}, test ECE {calibration['ece_before']:.4f} -> "
+            f"{calibration['ece_after']:.4f}",
+            *_point_lines(point),
         ],
     )
+
+
+def _point_lines(point: dict) -> list[str]:
+    if "test" not in point:
+        return []
+    test, key = point["test"], "caught" if point["normal"] else "recall"
+    lowest = min((row[key], c) for c, row in test["per_class"].items() if c != point["normal"])
+    alarms = f", false alarms {test['false_alarm']:.4f}" if "false_alarm" in test else ""
+    return [
+        f"evaluate: {point['policy']} {point['target']:g} (thresholds chosen on validation): on test lowest {key} "
+        f"{lowest[0]:.4f} ({lowest[1]}){alarms}, uncertain {test['uncertain']:.4f}; target "
+        f"{'met' if point['met_on_test'] else 'MISSED'} on test"
+    ]

@@ -27,7 +27,7 @@ from classiflow.export.params import ExportParams
 from classiflow.export.pipeline import Images, Source, export_model
 from classiflow.layout import SPEC_FILE, Layout
 from classiflow.prune.saving import load_pruned as load_pruned_model
-from classiflow.stages.evaluate import tta_used
+from classiflow.stages.evaluate import chosen_point, temperature, tta_used
 from classiflow.stages.result import NO_REPORT, Report, StageResult, numbers
 from classiflow.tensors import WithPreprocessing
 
@@ -75,7 +75,14 @@ def _calibration(data: PreparedData, count: int) -> np.ndarray:
     return runtime.pixels(train[pick])
 
 
-def _preprocessing(payload: dict, data: PreparedData, sources: list[Source], rows: list[dict]) -> dict:
+def _preprocessing(
+    payload: dict,
+    data: PreparedData,
+    sources: list[Source],
+    rows: list[dict],
+    temperature: float = 1.0,
+    operating_point: dict | None = None,
+) -> dict:
     """What a deployment needs besides the file: the input it takes, what the outputs mean, which files
     passed their checks (the only ones a deployment may load)."""
     files: dict[str, dict[str, str]] = {}
@@ -93,6 +100,8 @@ def _preprocessing(payload: dict, data: PreparedData, sources: list[Source], row
         },
         "tta": "flip" if sources[0].module.tta else "none",
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(payload["classes"])], "meaning": "logits"},
+        "temperature": temperature,  # probabilities: softmax(logits / temperature)
+        "operating_point": operating_point,  # thresholds for the answer (classiflow.operating), or null
         "mean": list(payload["mean"]),
         "std": list(payload["std"]),
         "classes": list(payload["classes"]),
@@ -159,7 +168,8 @@ def export(layout: Layout, export_params: ExportParams, load_pruned: Loader | No
     with atomic_dir(layout.export_dir) as tmp:
         for source in sources:
             rows += export_model(source, tmp, export_params, images, threads)
-        write_json(tmp / SPEC_FILE, _preprocessing(payload, data, sources, rows))
+        spec = _preprocessing(payload, data, sources, rows, temperature(layout), chosen_point(layout))
+        write_json(tmp / SPEC_FILE, spec)
     text = export_tables.markdown(rows, threads, export_params.throughput_batch, len(images.labels))
     write_text(layout.export_report, text)
     metrics = export_tables.metrics(rows, threads) | {"tta": "flip" if sources[0].module.tta else "none"}

@@ -31,7 +31,8 @@ class StageResult:
 
     ``artifacts`` maps each file to log to its artifact folder ("" for the run's root); ``documents`` are
     logged as JSON files, ``tables`` as MLflow tables; ``pipeline_metrics`` and ``pipeline_tags`` go to the
-    pipeline run that groups the stages; ``summary`` lines are logged at INFO when the stage ends.
+    pipeline run that groups the stages; ``summary`` lines are logged at INFO when the stage ends; ``record`` is
+    kept in the stage's record file (``records/<stage>.json``) beside its run ids.
     """
 
     value: dict[str, Any]
@@ -44,6 +45,7 @@ class StageResult:
     pipeline_metrics: dict[str, float] = field(default_factory=dict)
     pipeline_tags: dict[str, str] = field(default_factory=dict)
     summary: list[str] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 def numbers(values: Mapping[str, Any]) -> dict[str, float]:

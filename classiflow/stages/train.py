@@ -16,11 +16,15 @@ from classiflow.models import build_model
 from classiflow.models.pretrained import load_into, normalization, read_weights, with_defaults
 from classiflow.stages.result import NO_REPORT, Report, StageResult, numbers
 from classiflow.training import fit, seed_everything
+from classiflow.training.imbalance import check_class_weights
 from classiflow.training.loop import Inputs, Resume
 from classiflow.training.resume import fingerprint
 
 log = logging.getLogger("classiflow.train")
-HISTORY_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_second")
+HISTORY_FIELDS = (
+    "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "lr",
+    "images_per_second",
+)  # fmt: skip
 
 
 def _inputs(layout: Layout, aug: AugmentParams, data: PreparedData) -> Inputs:
@@ -72,6 +76,7 @@ def _pretrained(model, spec: dict, params: Params, data: PreparedData) -> tuple[
 
 def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResult:
     data = load_prepared(layout.prepared, ("train", "val"))
+    check_class_weights(params.train.class_weights, data.classes)
     spec = model_spec(params.model, data.meta)
     seed_everything(params.train.seed)  # the initial weights too, not only the batch order
     model = build_model(**spec)

@@ -27,6 +27,7 @@ from classiflow.tracking.store import setup
 HISTORY = "classiflow.promotion."
 PREDICTIONS = "evaluation/predictions.csv"
 LATENCY_TAG = "latency_ms_batch1"
+OPERATING_TAG = "operating_point"  # met / missed: evaluate's threshold policy on test (classiflow.operating)
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,7 @@ def _gate(params: Params, candidate, champion, force: bool) -> Decision:
         candidate_latency_ms=_latency(candidate),
         has_champion=champion is not None,
         force=force,
+        operating_point=candidate.tags.get(OPERATING_TAG),
     )
     if skipped:  # forced without a comparison: the registered accuracies are still worth recording
         accuracies = {"candidate_accuracy": _accuracy(candidate), "champion_accuracy": _accuracy(champion)}

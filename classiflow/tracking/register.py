@@ -22,7 +22,7 @@ from classiflow.model_card import model_card
 from classiflow.stages.export import rejection_tags
 from classiflow.stages.result import NO_REPORT, Report, StageResult
 from classiflow.tensors import WithPreprocessing
-from classiflow.tracking.aliases import LATENCY_TAG, PREDICTIONS
+from classiflow.tracking.aliases import LATENCY_TAG, OPERATING_TAG, PREDICTIONS
 from classiflow.tracking.refs import registered_name
 from classiflow.tracking.store import git_commit
 
@@ -52,6 +52,10 @@ def _version_tags(ckpt: dict, metrics: dict, exported: dict, pruned: dict, pipel
         "pruned_status": pruned.get("status", "accepted"),
         "pruned_test_accuracy": f"{pruned['test_accuracy_after']:.6f}",
     }
+    point = metrics.get("operating_point", {})
+    if "thresholds" in point:
+        tags[OPERATING_TAG] = "met" if point["met_on_test"] else "missed"
+        tags["operating_point.policy"] = f"{point['policy']} {point['target']:g}"
     trained = exported.get("trained", {})
     if "onnx" in trained:
         tags[LATENCY_TAG] = f"{trained['onnx']['latency_ms_median']:.4f}"

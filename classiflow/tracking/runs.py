@@ -76,11 +76,17 @@ def mark_failed(pipeline_run_id: str) -> None:
 
 @contextlib.contextmanager
 def stage_run(
-    stage: str, layout: Layout, params: Params, parent_run_id: str | None = None, kind: str | None = None
+    stage: str,
+    layout: Layout,
+    params: Params,
+    parent_run_id: str | None = None,
+    kind: str | None = None,
+    extra: dict | None = None,
 ) -> Iterator[str]:
     """Open the stage's nested run (yielding the pipeline run id) and leave its record behind.
 
-    ``kind`` (``deep`` or ``classical``) tags model runs so the UI can tell CNNs from the baseline.
+    ``kind`` (``deep`` or ``classical``) tags model runs so the UI can tell CNNs from the baseline; ``extra`` is
+    merged into the record when the run ends (the caller may fill it inside the ``with`` block).
     """
     exp_id = setup(params)
     client = MlflowClient()
@@ -101,7 +107,8 @@ def stage_run(
             "experiment_id": exp_id,
             "tracking_uri": tracking_uri(),
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
-        },
+        }
+        | (extra or {}),
     )
 
 

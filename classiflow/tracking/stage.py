@@ -111,8 +111,8 @@ class StageTracker(threading.Thread):
 
         from classiflow.tracking.runs import stage_run
 
-        stage = self.stage
-        with stage_run(stage.name, self.layout, self.params, self.pipeline_run_id, kind=stage.kind) as pipeline:
+        stage, extra = self.stage, {}
+        with stage_run(stage.name, self.layout, self.params, self.pipeline_run_id, stage.kind, extra) as pipeline:
             if logged := stage_params(stage, self.params):
                 mlflow.log_params(logged)
             while (message := self.messages.get()) is not _FAILED:
@@ -123,6 +123,7 @@ class StageTracker(threading.Thread):
                     self._call(*payload)
                 else:
                     log_result(payload, pipeline)
+                    extra.update(payload.record)
                     return
             raise _StageFailed
 

@@ -28,6 +28,7 @@ from classiflow.progress import task_progress
 from classiflow.tensors import Normalizer, predict_logits, to_nchw
 from classiflow.training.device import autocast, seed_everything, select_device
 from classiflow.training.finetune import freeze_backbone
+from classiflow.training.imbalance import class_weights, epoch_order
 from classiflow.training.optim import make_ema, make_optimizer, make_scheduler
 from classiflow.training.resume import load_state, save_state
 from classiflow.training.state import TrainState
@@ -84,6 +85,7 @@ class Batches:
     memory_format: torch.memory_format
     device: torch.device
     mapped: list = field(default_factory=list)  # the memory-mapped arrays behind the tensors
+    loss_weights: torch.Tensor | None = None  # per class (train.class_weights), on the device
 
     def release(self) -> None:
         for array in self.mapped:
@@ -94,10 +96,20 @@ class Batches:
         return self.copies[(epoch - 1) % len(self.copies)] if self.copies else self.train
 
 
-def evaluate_split(model, images, labels, normalizer, device, batch_size=1024) -> tuple[float, float]:
+def balanced_accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    """The mean recall over the classes present: accuracy as if every class were equally common."""
+    recalls = [(predicted[labels == c] == c).float().mean() for c in labels.unique()]
+    return float(torch.stack(recalls).mean()) if recalls else 0.0
+
+
+def evaluate_split(model, images, labels, normalizer, device, batch_size=1024) -> dict[str, float]:
     logits = predict_logits(model, images, normalizer, device, batch_size)
-    loss = F.cross_entropy(logits, labels).item()
-    return loss, (logits.argmax(1) == labels).float().mean().item()
+    predicted = logits.argmax(1)
+    return {
+        "val_loss": F.cross_entropy(logits, labels).item(),
+        "val_accuracy": (predicted == labels).float().mean().item(),
+        "val_balanced_accuracy": balanced_accuracy(predicted, labels),
+    }
 
 
 def planned_epochs(cfg: TrainParams, steps_per_epoch: int) -> int:
@@ -132,7 +144,12 @@ def _batches(model: nn.Module, data: PreparedData, cfg: TrainParams, inputs: Inp
         memory_format=memory_format,
         device=device,
         mapped=[a for a in (data.images["train"], data.images["val"], *(x for x, _ in inputs.copies)) if is_mapped(a)],
+        loss_weights=_to(class_weights(cfg.class_weights, data.labels["train"], data.classes), device),
     )
+
+
+def _to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device)
 
 
 def _new_state(model: nn.Module, cfg: TrainParams, steps_per_epoch: int, augment_seed: int, device) -> TrainState:
@@ -165,7 +182,7 @@ def train_one_epoch(
         freeze_backbone(state.model, frozen=epoch <= cfg.freeze_epochs)
     device = batches.device
     x_src, y_src = batches.source(epoch)
-    order = torch.randperm(len(batches.train[1]), generator=state.generators["order"]).to(x_src.device)
+    order = epoch_order(y_src, cfg.sampler, state.generators["order"]).to(x_src.device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     lr = state.optimizer.param_groups[0]["lr"]
@@ -183,7 +200,7 @@ def train_one_epoch(
             xb, target = augment.mix(xb, yb, state.generators["augment"])
         with autocast(device, cfg.precision):
             out = train_model(xb)
-        loss = F.cross_entropy(out.float(), target, label_smoothing=cfg.label_smoothing)
+        loss = F.cross_entropy(out.float(), target, batches.loss_weights, label_smoothing=cfg.label_smoothing)
         _step(state, loss, cfg.grad_clip)
         loss_sum += loss.detach() * len(yb)
         correct += (out.detach().argmax(1) == yb).sum()
@@ -251,11 +268,11 @@ def fit(
             trained = train_one_epoch(train_model, state, batches, augment, cfg, epoch, tick)
             progress.update(bar, completed=epoch * steps)
             eval_model = state.ema.module if state.ema is not None else model
-            val_loss, val_acc = evaluate_split(eval_model, *batches.val, batches.normalizer, device)
+            scores = evaluate_split(eval_model, *batches.val, batches.normalizer, device)
             batches.release()
             first = {key: trained.pop(key) for key in ("train_loss", "train_accuracy")}
-            stats = {"epoch": epoch, **first, "val_loss": val_loss, "val_accuracy": val_acc, **trained}
-            state.end_epoch(stats, eval_model)
+            stats = {"epoch": epoch, **first, **scores, **trained}
+            state.end_epoch(stats, eval_model, cfg.select_by)
             if resume is not None:
                 save_state(resume.path, state.capture(resume.fingerprint))
             if on_epoch_end is not None:

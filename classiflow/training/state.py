@@ -33,12 +33,13 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     train_time: float = 0.0
     stale: int = 0
-    best_val_accuracy: float = -1.0
+    best_val_accuracy: float = -1.0  # of the kept epoch
+    best_score: float = -1.0  # the kept epoch's train.select_by figure
     best_epoch: int = 0
     best_state: dict | None = None
 
     STATEFUL = ("model", "optimizer", "scheduler", "scaler")
-    PLAIN = ("epoch", "history", "train_time", "stale", "best_val_accuracy", "best_epoch", "best_state")
+    PLAIN = ("epoch", "history", "train_time", "stale", "best_val_accuracy", "best_score", "best_epoch", "best_state")
 
     def capture(self, fingerprint: str) -> dict:
         state = {"fingerprint": fingerprint} | {k: getattr(self, k).state_dict() for k in self.STATEFUL}
@@ -55,13 +56,13 @@ class TrainState:
         for key in self.PLAIN:
             setattr(self, key, saved[key])
 
-    def end_epoch(self, stats: dict, eval_model: nn.Module) -> None:
-        """Record the epoch; keep its weights when it is the best on validation so far."""
+    def end_epoch(self, stats: dict, eval_model: nn.Module, select_by: str = "val_accuracy") -> None:
+        """Record the epoch; keep its weights when it is the best on validation so far (by ``select_by``)."""
         self.epoch = stats["epoch"]
         self.history.append(stats)
         self.train_time += stats["epoch_seconds"]
-        if stats["val_accuracy"] > self.best_val_accuracy:
-            self.best_val_accuracy, self.best_epoch = stats["val_accuracy"], self.epoch
-            self.best_state, self.stale = cpu_state(eval_model), 0
+        if stats[select_by] > self.best_score:
+            self.best_score, self.best_val_accuracy = stats[select_by], stats["val_accuracy"]
+            self.best_epoch, self.best_state, self.stale = self.epoch, cpu_state(eval_model), 0
         else:
             self.stale += 1
