@@ -6,11 +6,13 @@ score, rectified and upsampled to the input. Written here in a few lines with ho
 and for timm models; a network without convolutions (the ViT) is refused with one line.
 
 :func:`gallery` picks what a reviewer wants to see: for each class, its most confident test mistakes and a
-sample of its correct answers.
+sample of its correct answers. :func:`save_weights` / :func:`load_weights` carry the trained network beside the
+exported files (safetensors, no pickle) so that a server with PyTorch can explain what it serves.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,8 @@ from classiflow.atomic import atomic_path
 from classiflow.errors import ClassiflowError
 
 MIN_CHANNELS = 8  # a convolution with fewer outputs is an attention map (CBAM's), not features
+WEIGHTS_FILE = "model.safetensors"  # beside the exported files: the trained network, for explanations
+log = logging.getLogger("classiflow.explain")
 
 
 def target_layer(model: nn.Module) -> nn.Module:
@@ -36,6 +40,39 @@ def target_layer(model: nn.Module) -> nn.Module:
     if not convs:
         raise ClassiflowError(f"Grad-CAM: {type(model).__name__} has no convolution to explain from")
     return convs[-1]
+
+
+def save_weights(net: nn.Module, architecture: dict, directory: Path) -> dict | None:
+    """Write the network's weights to ``directory`` and return the ``explain`` entry of preprocessing.json, or
+    ``None`` (with a warning) for a network Grad-CAM cannot explain."""
+    from safetensors.torch import save_model
+
+    try:
+        layer = next(name for name, m in net.named_modules() if m is target_layer(net))
+    except ClassiflowError as err:
+        log.warning("export: no explanations: %s", err)
+        return None
+    save_model(net, str(directory / WEIGHTS_FILE))
+    return {"method": "grad-cam", "weights": WEIGHTS_FILE, "architecture": dict(architecture), "layer": layer}
+
+
+def load_weights(directory: Path, entry: dict) -> nn.Module:
+    """The network :func:`save_weights` wrote, rebuilt from its architecture (strict: every tensor must fit)."""
+    from safetensors.torch import load_model
+
+    from classiflow.models import build_model
+
+    path = Path(directory) / str(entry["weights"])
+    if not path.is_file():
+        raise ClassiflowError(f"{path}: missing; the export stage writes it beside the model files")
+    net = build_model(**entry["architecture"])
+    try:
+        load_model(net, str(path), strict=True, device="cpu")
+    except Exception as err:  # noqa: BLE001 - a damaged or mismatched file raises several types
+        raise ClassiflowError(
+            f"{path}: does not fit {entry['architecture'].get('name')} ({err})".splitlines()[0]
+        ) from None
+    return net.eval()
 
 
 def grad_cam(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> np.ndarray:
@@ -112,8 +149,9 @@ def plot_gallery(path: Path, images: np.ndarray, cams: np.ndarray, captions: lis
         overlay.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
         overlay.imshow(cams[i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
         plain.set_title(captions[i], fontsize=6, color="red" if wrong[i] else "black")
-    fig.suptitle("Grad-CAM: per class its most confident test mistakes (red) and correct answers", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle("Grad-CAM of the answer: per class its most confident test mistakes (red) and correct answers",
+                 fontsize=9)  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)

@@ -24,11 +24,16 @@ CLASSES = ["circle", "square", "triangle"]
 SIZE = 16
 
 
-def export_model_dir(out: Path, channels: int, formats: tuple[str, ...] = ("onnx",), seed: int = 0) -> Path:
-    """``out`` with preprocessing.json and model.onnx and/or model.ts of a tiny random model."""
+def export_model_dir(
+    out: Path, channels: int, formats: tuple[str, ...] = ("onnx",), seed: int = 0, explain: bool = True
+) -> Path:
+    """``out`` with preprocessing.json and model.onnx and/or model.ts of a tiny random model, and (``explain``)
+    the network's weights for /explain, as the export stage writes them."""
     import torch
 
     from classiflow.atomic import write_json
+    from classiflow.checkpoint import model_spec
+    from classiflow.explain import save_weights
     from classiflow.export import convert
     from classiflow.export.params import ExportParams
     from classiflow.export.pipeline import file_names
@@ -51,7 +56,9 @@ def export_model_dir(out: Path, channels: int, formats: tuple[str, ...] = ("onnx
     sources = [SimpleNamespace(label="trained", stem="model", module=module)]
     names = file_names("model", ExportParams(formats=list(formats), int8="none"))
     rows = [{"model": "trained", "format": fmt, "file": name, "status": "verified"} for fmt, name in names.items()]
-    write_json(out / "preprocessing.json", _preprocessing(payload, data, sources, rows))
+    meta = {"channels": channels, "classes": CLASSES, "image_size": SIZE}
+    weights = save_weights(net, model_spec("simplecnn", meta), out) if explain else None
+    write_json(out / "preprocessing.json", _preprocessing(payload, data, sources, rows, explain=weights))
     return out
 
 

@@ -14,6 +14,7 @@ from classiflow.config import DataParams
 from classiflow.data.download import download
 from classiflow.data.prepare import prepare
 from classiflow.errors import ClassiflowError
+from classiflow.explain import load_weights
 from classiflow.export import convert, pipeline, runtime
 from classiflow.export.params import ExportParams
 from classiflow.export.pipeline import Images, Source, export_model
@@ -175,8 +176,15 @@ def test_the_stage_exports_trained_and_pruned_models_with_a_report(trained):
     finally:
         layout.pruned_model.unlink()
     files = sorted(p.name for p in layout.export_dir.iterdir())
-    assert files == ["model.int8.onnx", "model.onnx", "preprocessing.json", "pruned.int8.onnx", "pruned.onnx"]
+    assert files == [
+        "model.int8.onnx", "model.onnx", "model.safetensors", "preprocessing.json", "pruned.int8.onnx", "pruned.onnx"
+    ]  # fmt: skip
     pre = read_json(layout.export_dir / "preprocessing.json")
+    net, payload = load_checkpoint(layout.model)
+    assert pre["explain"]["weights"] == "model.safetensors" and pre["explain"]["architecture"] == payload["model"]
+    rebuilt, x = load_weights(layout.export_dir, pre["explain"]), torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), net(x))  # the trained network, for /explain
     assert pre["input"]["name"] == "pixels" and pre["input"]["shape"] == ["batch", 3, SIZE, SIZE]
     assert pre["classes"] == list(CLASSES) and len(pre["mean"]) == 3 and pre["image_size"] == SIZE
     assert set(metrics) == {"threads", "tta", "trained", "pruned"}
@@ -188,6 +196,9 @@ def test_the_stage_exports_trained_and_pruned_models_with_a_report(trained):
     assert read_json(layout.export_metrics) == metrics
     report = layout.export_report.read_text()
     assert report.count("| trained |") == 3 and "ONNX Runtime int8 static" in report and "batch-8 img/s" in report
+
+
+ONNX_ONLY = ["model.onnx", "model.safetensors", "preprocessing.json"]  # the weights are for /explain
 
 
 def _corrupt(monkeypatch, fmt: str) -> None:
@@ -210,7 +221,7 @@ def test_a_failed_optional_file_is_left_out_and_reported(trained, monkeypatch, c
     _corrupt(monkeypatch, "torchscript")
     settings = ExportParams(**FAST, formats=["torchscript", "onnx"], int8="none")
     metrics = export_stage.export(layout, settings)
-    assert sorted(p.name for p in layout.export_dir.iterdir()) == ["model.onnx", "preprocessing.json"]
+    assert sorted(p.name for p in layout.export_dir.iterdir()) == ONNX_ONLY
     row = metrics["trained"]["torchscript"]
     assert row["status"] == "rejected" and "max abs logit difference 1 " in row["reason"]
     assert metrics["trained"]["onnx"]["status"] == "verified"
@@ -279,7 +290,7 @@ def test_a_rejected_pruned_model_is_neither_exported_nor_listed(trained):
     try:
         metrics = export_stage.export(layout, ExportParams(**FAST, formats=["onnx"], int8="none"))
         assert "pruned" not in metrics
-        assert sorted(p.name for p in layout.export_dir.iterdir()) == ["model.onnx", "preprocessing.json"]
+        assert sorted(p.name for p in layout.export_dir.iterdir()) == ONNX_ONLY
         with pytest.raises(ClassiflowError, match="the prune stage rejected it .*lost 5.35 points"):
             export_stage.export(layout, ExportParams(**FAST, formats=["onnx"], int8="none", strict=True))
     finally:

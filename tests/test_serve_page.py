@@ -193,3 +193,31 @@ def test_token_field_is_sent_as_bearer_and_kept_for_the_session(page, model):
         page.locator("#file").set_input_files(files=[{"name": "a.png", "mimeType": "image/png", "buffer": PNG}])
         sync_api.expect(page.locator("#result .bar")).to_have_count(len(CLASSES))
         assert page.evaluate("sessionStorage.getItem('classiflow.token')") == TOKEN
+
+
+def test_grad_cam_toggle_shows_the_apis_overlay(page, server):
+    page.goto(server.url + "/")
+    toggle = page.get_by_label(re.compile("Grad-CAM overlay"))
+    sync_api.expect(toggle).to_be_visible()
+    page.locator("#file").set_input_files(files=[{"name": "a.png", "mimeType": "image/png", "buffer": PNG}])
+    sync_api.expect(page.locator("#result .bar")).to_have_count(len(CLASSES))
+    sync_api.expect(page.locator("#explanation")).to_be_hidden()  # off until asked
+
+    toggle.check()
+    overlay = page.locator("#overlay")
+    sync_api.expect(overlay).to_be_visible()
+    _, api = post(server.url + "/explain?top_k=1", *multipart("file", "a.png", PNG, "image/png"))
+    assert overlay.get_attribute("src") == api["overlay"]
+    sync_api.expect(page.locator("#explain-caption")).to_contain_text(f"Evidence for {api['class']}")
+    assert page.evaluate("document.getElementById('overlay').naturalWidth") == len(api["heatmap"])
+
+    toggle.uncheck()
+    sync_api.expect(page.locator("#explanation")).to_be_hidden()
+
+
+def test_no_toggle_where_the_server_cannot_explain(page, tmp_path):
+    directory = export_model_dir(tmp_path / "plain", 3, explain=False)
+    with _serve(load_model_dir(directory, threads=1)) as plain:
+        page.goto(plain.url + "/")
+        sync_api.expect(page.locator("#model-name")).to_have_text("local")
+        sync_api.expect(page.locator("#explain-row")).to_be_hidden()

@@ -22,6 +22,7 @@ from classiflow.data.resize import POLICIES
 from classiflow.errors import ClassiflowError
 from classiflow.layout import SPEC_FILE
 from classiflow.operating import UNCERTAIN, OperatingPoint, decide
+from classiflow.serving.explainer import unavailable
 
 log = logging.getLogger("classiflow.serving")
 DEFAULT_INPUT = "pixels"
@@ -44,6 +45,8 @@ class LoadedModel:
     spec: dict = field(default_factory=dict)  # the preprocessing.json content
     run_logits: Runner | None = field(default=None, repr=False, compare=False)
     details: dict = field(default_factory=dict)  # file, providers/threads: what /metadata reports
+    explain_unavailable: str | None = "not checked"  # why /explain cannot answer here, None when it can
+    explainer: Any = field(default=None, repr=False, compare=False)  # built on the first /explain
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, S, S, C) images -> float32 (N, K) class probabilities (softmax of the logits over the
@@ -248,6 +251,7 @@ def load_model_dir(
         details={**details, "directory": str(directory)},
     )
     _check(model, directory)
+    model.explain_unavailable = unavailable(directory, spec)
     return model
 
 
@@ -264,4 +268,5 @@ def describe(model: LoadedModel) -> dict[str, Any]:
         "data_hash": model.spec.get("data_hash"),
         "temperature": model.temperature,
         "operating_point": model.operating_point and model.operating_point.as_dict(),
+        "explain": {"available": model.explain_unavailable is None, "detail": model.explain_unavailable},
     }

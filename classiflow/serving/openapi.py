@@ -36,6 +36,15 @@ class PredictResult(BaseModel):
     latency_ms: float
 
 
+class ExplainResult(PredictResult):
+    class_: str = Field(alias="class", description="the class explained: ?class=, or the top one")
+    probability: float = Field(ge=0.0, le=1.0, description="the served model's probability of that class")
+    method: str = Field(description="grad-cam")
+    layer: str = Field(description="the convolution whose activations the map weights")
+    heatmap: list[list[float]] = Field(description="image_size x image_size values in [0, 1], rows first")
+    overlay: str = Field(description="the model's input with the heat map over it, a data:image/png URL")
+
+
 class BatchItem(BaseModel):
     index: int
     filename: str | None = None
@@ -67,6 +76,11 @@ ERRORS = {
     415: _doc("the Content-Type is not accepted"),
     422: _doc("not a usable image (wrong format, truncated, too many pixels) or bad parameters"),
     503: _doc("no model is loaded yet"),
+}
+EXPLAIN_ERRORS = {
+    **ERRORS,
+    422: _doc("not a usable image, or ?class= names no class of the model"),
+    501: _doc("this server cannot explain: no PyTorch, or the model was exported without its weights"),
 }
 PREDICT_BODY = {
     "requestBody": {

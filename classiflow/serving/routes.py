@@ -11,9 +11,20 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
+from classiflow.errors import ClassiflowError
 from classiflow.serving import images
+from classiflow.serving.errors import ApiError
+from classiflow.serving.explainer import explainer_for, overlay_png
 from classiflow.serving.model import LoadedModel, describe
-from classiflow.serving.openapi import BATCH_BODY, ERRORS, PREDICT_BODY, BatchResult, PredictResult
+from classiflow.serving.openapi import (
+    BATCH_BODY,
+    ERRORS,
+    EXPLAIN_ERRORS,
+    PREDICT_BODY,
+    BatchResult,
+    ExplainResult,
+    PredictResult,
+)
 from classiflow.serving.state import Server
 from classiflow.serving.uploads import RAW_TYPES, read_batch, read_one
 
@@ -69,6 +80,42 @@ async def predict_batch(request: Request, top_k: int | None = TOP_K) -> JSONResp
     results = await asyncio.gather(*(one(b) for b in blobs))
     items = [{"index": i, "filename": n, **r} for i, (n, r) in enumerate(zip(names, results, strict=True))]
     return _answer(current, start, results=items, failed=sum("error" in r for r in results))
+
+
+@router.post("/explain", responses={200: {"model": ExplainResult}, **EXPLAIN_ERRORS}, openapi_extra=PREDICT_BODY)
+async def explain(
+    request: Request, top_k: int | None = TOP_K, target: str | None = Query(None, alias="class")
+) -> JSONResponse:
+    """Classify one image (as /predict) and show where the evidence for a class lies: a Grad-CAM heat map of
+    ``?class=`` or of the top class. Needs PyTorch beside the server and the export stage's weights."""
+    start, server = time.perf_counter(), _server(request)
+    current = server.ready_model()
+    if current.explain_unavailable:
+        raise ApiError(501, "explain_unavailable", current.explain_unavailable)
+    if target is not None and target not in current.classes:
+        raise ApiError(
+            422, "unknown_class", f"class={target!r} is not a class of the model ({', '.join(current.classes)})"
+        )
+    image = await server.decode(current, await read_one(request))
+    probs = await server.batcher.predict(image, current)
+    index = int(np.argmax(probs)) if target is None else current.classes.index(target)
+    try:
+        explainer = await asyncio.to_thread(explainer_for, current)
+    except ClassiflowError as err:
+        raise ApiError(501, "explain_unavailable", str(err)) from None
+    heat = await asyncio.to_thread(explainer.heatmap, image, index)
+    server.metrics.images.inc()
+    return _answer(
+        current,
+        start,
+        decision=current.decide(probs[None])[0],
+        predictions=_top(probs, current.classes, top_k or server.settings.top_k),
+        **{"class": current.classes[index], "probability": float(probs[index])},
+        method="grad-cam",
+        layer=current.spec["explain"].get("layer", ""),
+        heatmap=np.round(heat, 4).tolist(),
+        overlay=overlay_png(image, heat),
+    )
 
 
 @router.get("/health")

@@ -20,6 +20,7 @@ from classiflow.config import Params
 from classiflow.cpu import usable_cores
 from classiflow.data.prepared import PreparedData, load_prepared
 from classiflow.errors import ClassiflowError
+from classiflow.explain import save_weights
 from classiflow.export import report as export_tables
 from classiflow.export import runtime
 from classiflow.export.convert import INPUT_NAME, OUTPUT_NAME
@@ -82,6 +83,7 @@ def _preprocessing(
     rows: list[dict],
     temperature: float = 1.0,
     operating_point: dict | None = None,
+    explain: dict | None = None,
 ) -> dict:
     """What a deployment needs besides the file: the input it takes, what the outputs mean, which files
     passed their checks (the only ones a deployment may load)."""
@@ -102,6 +104,7 @@ def _preprocessing(
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(payload["classes"])], "meaning": "logits"},
         "temperature": temperature,  # probabilities: softmax(logits / temperature)
         "operating_point": operating_point,  # thresholds for the answer (classiflow.operating), or null
+        "explain": explain,  # the trained network's weights for Grad-CAM (classiflow.explain), or null
         "mean": list(payload["mean"]),
         "std": list(payload["std"]),
         "classes": list(payload["classes"]),
@@ -168,7 +171,8 @@ def export(layout: Layout, export_params: ExportParams, load_pruned: Loader | No
     with atomic_dir(layout.export_dir) as tmp:
         for source in sources:
             rows += export_model(source, tmp, export_params, images, threads)
-        spec = _preprocessing(payload, data, sources, rows, temperature(layout), chosen_point(layout))
+        explain = save_weights(sources[0].module.net, payload["model"], tmp)
+        spec = _preprocessing(payload, data, sources, rows, temperature(layout), chosen_point(layout), explain)
         write_json(tmp / SPEC_FILE, spec)
     text = export_tables.markdown(rows, threads, export_params.throughput_batch, len(images.labels))
     write_text(layout.export_report, text)
