@@ -52,11 +52,11 @@ BOOTSTRAP = 2000
 def imbalanced_tree(keep_one_in: int, seed: int = 0) -> tuple[Path, dict[str, int]]:
     """The archive's tree with train cut to every ``ok`` patch and 1 in ``keep_one_in`` of each defect class
     (hard links; test untouched); returns it and the train counts."""
-    from classiflow.data.download import download
+    from classiflow.data.archive import extract
 
-    raw = WORK / "raw"
+    raw = WORK / "extracted"
     if not raw.exists():
-        download(str(ARCHIVE), raw)
+        extract(ARCHIVE, raw)
     source = next(p.parent for p in raw.rglob("train") if (p.parent / "test").is_dir())
     out = WORK / f"tree-1in{keep_one_in}-s{seed}"
     shutil.rmtree(out, ignore_errors=True)

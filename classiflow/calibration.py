@@ -69,7 +69,12 @@ def expected_calibration_error(rows: list[dict]) -> float:
 def calibrate(val: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor], enabled: bool) -> dict:
     """T fitted on validation (1.0 when ``enabled`` is false), and ECE/NLL on test before and after it."""
     temperature = fit_temperature(*val) if enabled else 1.0
-    (logits, labels), out = test, {"temperature": temperature, "bins": {}}
+    (logits, labels), out = test, {"temperature": temperature, "bins": {}, "note": None}
+    if enabled and temperature in T_RANGE:
+        out["note"] = (
+            f"the temperature sits at its bound {temperature:g}: the validation split is (nearly) separated, so its "
+            "likelihood has no finite optimum; test ECE and NLL before/after tell whether it helps"
+        )
     for name, t in (("before", 1.0), ("after", temperature)):
         rows = reliability(F.softmax(logits.double() / t, 1), labels)
         out["bins"][name] = rows

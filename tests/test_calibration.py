@@ -28,6 +28,16 @@ def test_scaling_lowers_the_ece_of_an_over_confident_model_on_held_out_data():
     assert out["ece_before"] > 0.1 and out["ece_after"] < 0.02 and out["nll_after"] < out["nll_before"]
     off = calibrate((val[0] * 3, val[1]), (test[0] * 3, test[1]), enabled=False)
     assert off["temperature"] == 1.0 and off["ece_after"] == off["ece_before"]
+    assert out["note"] is None and off["note"] is None
+
+
+def test_a_separated_validation_split_pins_the_temperature_at_its_bound_and_says_so():
+    """Every validation image right: the NLL keeps falling as T shrinks (seen on DeepPCB's 173-image val)."""
+    val_logits, val_labels = _sampled(seed=3)
+    val_labels = val_logits.argmax(1)
+    test = _sampled(seed=4)
+    out = calibrate((val_logits, val_labels), test, enabled=True)
+    assert out["temperature"] == 0.05 and "sits at its bound 0.05" in out["note"]
 
 
 def test_ece_by_hand():

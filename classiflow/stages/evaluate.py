@@ -70,7 +70,7 @@ def chosen_point(layout: Layout) -> dict | None:
 
 log = logging.getLogger("classiflow.evaluate")
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "test_loss")
-CALIBRATION = ("temperature", "ece_before", "ece_after", "nll_before", "nll_after")
+CALIBRATION = ("temperature", "ece_before", "ece_after", "nll_before", "nll_after", "note")
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -136,6 +136,8 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     logits = views["test"][1 if used else 0]
     calibration = calibrate((views["val"][1 if used else 0], labels["val"]), (logits, labels["test"]),
                             params.evaluate.calibrate)  # fmt: skip
+    if calibration["note"]:
+        log.warning("evaluate: %s", calibration["note"])
     y_true, y_pred = data.labels["test"], logits.argmax(1).numpy()
     title = f"{ckpt['model']['name']} on {data.meta['dataset']}" + (" (flip TTA)" if used else "")
     metrics, matrix = score_and_report(layout, y_true, y_pred, ckpt["classes"], title)
