@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from classiflow.baseline.params import BaselineParams
 from classiflow.errors import ClassiflowError
 from classiflow.export.params import ExportParams
+from classiflow.pretrain.params import PretrainParams
 from classiflow.prune.params import PruneParams
 
 BUILTIN_DATASETS = ("cifar10", "mnist", "fashion_mnist")
@@ -40,6 +41,9 @@ class DataParams(_Section):
     # keep each group of images in one split (classiflow.data.groups): a regular expression on the file's path
     # in the data set (first capture group = the group) or a CSV of file,group rows
     group_by: str | None = Field(None, min_length=1)
+    # few labels: a stratified share of train keeps its labels (the rest is the "unlabelled" split, for pretrain)
+    label_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    label_seed: int = 0
 
 
 class ModelParams(_Section):
@@ -47,7 +51,8 @@ class ModelParams(_Section):
     attention: Literal["none", "cbam"] = "none"
     cbam_reduction: int = Field(16, ge=1)
     width: int | None = Field(16, ge=1)  # base width; null keeps the architecture's own
-    # initial weights: a .safetensors/.pth file, local-dir:<folder> or hf-hub:<id> (classiflow.models.pretrained)
+    # initial weights: a .safetensors/.pth file, local-dir:<folder>, hf-hub:<id> (classiflow.models.pretrained),
+    # or "pretrain": the encoder the pretrain stage learnt
     pretrained: str | None = Field(None, min_length=1)
     pretrained_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     allow_download: bool = False  # hf-hub ids: fetch when not cached (else the hub is off for the stage)
@@ -173,6 +178,7 @@ class Params(_Section):
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     augment: AugmentParams = AugmentParams()
+    pretrain: PretrainParams = PretrainParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     prune: PruneParams = PruneParams()

@@ -43,6 +43,28 @@ class Layout:
         return self.root / "reports" / "augment_preview.png"
 
     @property
+    def pretrain_dir(self) -> Path:
+        """The pretrain stage's output: ``spec.json`` always, ``encoder.safetensors`` when it pretrained."""
+        return self.root / "models" / "pretrain"
+
+    @property
+    def encoder(self) -> Path:
+        return self.pretrain_dir / "encoder.safetensors"
+
+    @property
+    def pretrain_last(self) -> Path:
+        """The pretrain stage's per-epoch resume point; not a pipeline output."""
+        return self.root / "models" / "pretrain-last.pt"
+
+    @property
+    def pretrain_metrics(self) -> Path:
+        return self.root / "metrics" / "pretrain.json"
+
+    @property
+    def pretrain_history(self) -> Path:
+        return self.root / "reports" / "pretrain_history.csv"
+
+    @property
     def last_checkpoint(self) -> Path:
         """The train stage's per-epoch resume point; not a pipeline output."""
         return self.root / "models" / "last.pt"

@@ -97,6 +97,7 @@ def test_each_stage_depends_on_the_code_its_runner_runs(name):
     [
         ("download", set(STAGES)),
         ("augment", {"augment", "train", "evaluate", "prune", "export", "register", "compare"}),
+        ("pretrain", {"pretrain", "train", "evaluate", "prune", "export", "register", "compare"}),
         ("train", {"train", "evaluate", "prune", "export", "register", "compare"}),
         ("evaluate", {"evaluate", "prune", "export", "register", "compare"}),
         ("prune", {"prune", "export", "register"}),

@@ -24,6 +24,7 @@ from classiflow.config import DataParams
 from classiflow.data import archive, imagefolder
 from classiflow.data.download import MANIFEST
 from classiflow.data.groups import group_keys, grouped_holdout, summarize
+from classiflow.data.labelled import UNLABELLED, label_subset
 from classiflow.data.mapped import release_pages
 from classiflow.data.sanity import class_balance, duplicates, odd_images, row_hashes
 from classiflow.errors import ClassiflowError
@@ -181,7 +182,7 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 def content_hash(splits: dict[str, Split], classes: list[str]) -> str:
     """The digest :func:`prepare` records as ``data_hash`` (it computes it while writing, chunk by chunk)."""
     digest = hashlib.sha256(json.dumps(classes).encode())
-    for name in SPLITS:
+    for name in (*SPLITS, *([UNLABELLED] if UNLABELLED in splits else [])):
         images, labels = splits[name]
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(images).data)
@@ -253,10 +254,11 @@ def prepare(raw_dir: Path, out_dir: Path, params: DataParams) -> dict:
     with tempfile.TemporaryDirectory(prefix=".prepare-", dir=out_dir.parent) as scratch, atomic_dir(out_dir) as tmp:
         classes, sources, gray, skipped = _load(manifest, raw_dir, params, Path(scratch))
         channels = params.channels if params.channels != "auto" else (1 if gray else 3)
-        picks = _split(sources, params)
-        digest, hashes = hashlib.sha256(json.dumps(classes).encode()), {k: [] for k in SPLITS}
+        picks = label_subset(_split(sources, params), sources, classes, params.label_fraction, params.label_seed)
+        names = (*SPLITS, *([UNLABELLED] if UNLABELLED in picks else []))
+        digest, hashes = hashlib.sha256(json.dumps(classes).encode()), {k: [] for k in names}
         labels = {
-            k: _write_split(tmp, k, sources[picks[k][0]], picks[k][1], channels, digest, hashes[k]) for k in SPLITS
+            k: _write_split(tmp, k, sources[picks[k][0]], picks[k][1], channels, digest, hashes[k]) for k in names
         }
         mean, std = channel_stats(np.load(tmp / "train_images.npy", mmap_mode="r"))
         meta = {
@@ -270,12 +272,14 @@ def prepare(raw_dir: Path, out_dir: Path, params: DataParams) -> dict:
             "resize": params.resize,
             "mean": mean,
             "std": std,
-            "sizes": {k: int(len(labels[k])) for k in SPLITS},
-            "class_counts": {k: np.bincount(labels[k], minlength=len(classes)).tolist() for k in SPLITS},
+            "sizes": {k: int(len(labels[k])) for k in names},
+            "class_counts": {k: np.bincount(labels[k], minlength=len(classes)).tolist() for k in names},
+            "label_fraction": params.label_fraction,
             "skipped_count": len(skipped),
             "skipped": skipped[:100],
             "groups": params.group_by
-            and {"by": params.group_by} | summarize({k: sources[s].groups[r] for k, (s, r) in picks.items()}),
+            and {"by": params.group_by}
+            | summarize({k: sources[s].groups[r] for k, (s, r) in picks.items() if k != UNLABELLED}),
             "data_hash": digest.hexdigest(),
         }
         meta["sanity"] = _sanity(sources, picks, hashes, meta)

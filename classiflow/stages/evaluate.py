@@ -166,8 +166,23 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     else:
         metrics["explained"] = explain(layout, model, normalizer, data.images["test"], data.labels["test"],
                                        probs["test"], ckpt["classes"], device)  # fmt: skip
+    metrics["pretrained_features"] = _frozen(layout, params, data.data_hash, device)
     write_json(layout.eval_metrics, metrics)
     return _result(layout, {**metrics, "data_hash": data.data_hash, "confusion_matrix": matrix.tolist()})
+
+
+def _frozen(layout: Layout, params: Params, data_hash: str, device) -> dict | None:
+    """Linear probe and kNN on the pretrain stage's frozen features, when it made an encoder of this data."""
+    if not layout.encoder.exists():
+        return None
+    from classiflow.pretrain.probe import frozen_scores, load_encoder
+
+    encoder, spec = load_encoder(layout)
+    if spec.get("data_hash") != data_hash:
+        log.warning("evaluate: no frozen-feature scores: the encoder was pretrained on other data; rerun pretrain")
+        return None
+    data = load_prepared(layout.prepared, ("train", "test"))
+    return frozen_scores(encoder, spec, data, params.pretrain.knn_k, device)
 
 
 def _result(layout: Layout, metrics: dict) -> StageResult:
@@ -177,12 +192,14 @@ def _result(layout: Layout, metrics: dict) -> StageResult:
         f"{name}_{m}": v for name, vals in metrics["per_class"].items() for m, v in vals.items() if m != "support"
     }
     tta, calibration = metrics["tta"], metrics["calibration"]
-    views |= {f"test_{k}" if k.startswith(("ece", "nll")) else k: calibration[k] for k in CALIBRATION}
+    views |= {f"test_{k}" if k.startswith(("ece", "nll")) else k: calibration[k] for k in CALIBRATION if k != "note"}
     files = (
         layout.eval_metrics, layout.confusion_matrix_png, layout.confusion_matrix_csv, layout.confusion_normalized_csv,
         layout.per_class, layout.reliability_png, layout.reliability_csv, layout.pr_curves_png, layout.pr_curves_csv,
         layout.gradcam_png,
     )  # fmt: skip
+    frozen = metrics["pretrained_features"] or {}
+    views |= {f"frozen_{k}": frozen[k] for k in ("linear_probe_accuracy", "knn_accuracy") if k in frozen}
     point = metrics["operating_point"]
     if "test" in point:
         views |= {"test_uncertain": point["test"]["uncertain"], "operating_point_met": float(point["met_on_test"])}
@@ -199,6 +216,14 @@ def _result(layout: Layout, metrics: dict) -> StageResult:
             f"evaluate: temperature {calibration['temperature']:.3f}, test ECE {calibration['ece_before']:.4f} -> "
             f"{calibration['ece_after']:.4f}",
             *_point_lines(point),
+            *(
+                [
+                    f"evaluate: pretrained features, frozen: linear probe {frozen['linear_probe_accuracy']:.4f}, "
+                    f"kNN {frozen['knn_accuracy']:.4f} on test"
+                ]
+                if frozen
+                else []
+            ),
         ],
     )
 

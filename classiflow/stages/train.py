@@ -14,6 +14,7 @@ from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
 from classiflow.models import build_model
 from classiflow.models.pretrained import load_into, normalization, read_weights, with_defaults
+from classiflow.pretrain.made import encoder_spec
 from classiflow.stages.result import NO_REPORT, Report, StageResult, numbers
 from classiflow.training import fit, seed_everything
 from classiflow.training.imbalance import check_class_weights
@@ -21,6 +22,7 @@ from classiflow.training.loop import Inputs, Resume
 from classiflow.training.resume import fingerprint
 
 log = logging.getLogger("classiflow.train")
+PRETRAIN = "pretrain"  # model.pretrained: the pretrain stage's encoder
 HISTORY_FIELDS = (
     "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "lr",
     "images_per_second",
@@ -57,12 +59,30 @@ def _epoch_reporter(report: Report):
     return on_epoch_end
 
 
-def _pretrained(model, spec: dict, params: Params, data: PreparedData) -> tuple[dict | None, PreparedData]:
+def _same_architecture(weights, spec: dict) -> None:
+    """An encoder of the pretrain stage names its architecture: another one (or another channel count) is refused
+    in one line, before any tensor is compared."""
+    made = weights.config.get("model")
+    if not isinstance(made, dict):
+        return
+    keys = ("name", "in_channels", "width", "attention", "cbam_reduction")
+    differ = [k for k in keys if made.get(k) != spec.get(k)]
+    if differ:
+        theirs = ", ".join(f"{k} {made.get(k)!r}" for k in differ)
+        ours = ", ".join(f"{k} {spec.get(k)!r}" for k in differ)
+        raise ClassiflowError(f"model.pretrained {weights.file}: an encoder of {theirs}, the model has {ours}")
+
+
+def _pretrained(model, spec: dict, params: Params, data: PreparedData, layout: Layout):
     """Load ``model.pretrained`` into the fresh model; the weights' mean and std then feed it, not the data's."""
     cfg = params.model
     if not cfg.pretrained:
         return None, data
-    weights = with_defaults(read_weights(cfg.pretrained, cfg.pretrained_sha256, cfg.allow_download), spec["name"])
+    source = str(layout.encoder) if cfg.pretrained == PRETRAIN else cfg.pretrained
+    if cfg.pretrained == PRETRAIN:
+        encoder_spec(layout)
+    weights = with_defaults(read_weights(source, cfg.pretrained_sha256, cfg.allow_download), spec["name"])
+    _same_architecture(weights, spec)
     fresh = load_into(model, weights, spec["name"])
     record = weights.record() | {"fresh": fresh}
     stats = normalization(weights, data.channels)
@@ -80,7 +100,7 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     spec = model_spec(params.model, data.meta)
     seed_everything(params.train.seed)  # the initial weights too, not only the batch order
     model = build_model(**spec)
-    pretrained, data = _pretrained(model, spec, params, data)
+    pretrained, data = _pretrained(model, spec, params, data, layout)
     augment = load_policy(layout.augmented, params.augment, data.data_hash)
     inputs = _inputs(layout, augment, data)
     train_cfg = params.train.model_dump(exclude={"resume"})

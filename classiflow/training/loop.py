@@ -128,10 +128,7 @@ def _batches(model: nn.Module, data: PreparedData, cfg: TrainParams, inputs: Inp
         return to_nchw(images).to(home), torch.from_numpy(labels).to(home)
 
     x_train, y_train = split(data.images["train"], data.labels["train"])
-    if hasattr(model, "data_init"):
-        count = max(1, min(DATA_INIT_IMAGES, DATA_INIT_VALUES // max(x_train[0].numel(), 1)))
-        with torch.no_grad():
-            model.data_init(normalizer(x_train[:count].contiguous().to(device)))
+    init_from_data(model, x_train, normalizer, device)
     n = len(x_train)
     batch_size = min(cfg.batch_size, n)
     return Batches(
@@ -146,6 +143,14 @@ def _batches(model: nn.Module, data: PreparedData, cfg: TrainParams, inputs: Inp
         mapped=[a for a in (data.images["train"], data.images["val"], *(x for x, _ in inputs.copies)) if is_mapped(a)],
         loss_weights=_to(class_weights(cfg.class_weights, data.labels["train"], data.classes), device),
     )
+
+
+def init_from_data(model: nn.Module, images: torch.Tensor, normalizer: Normalizer, device: torch.device) -> None:
+    """Models with a data-dependent first layer (FastNet's whitening) see the first images of the train split."""
+    if hasattr(model, "data_init"):
+        count = max(1, min(DATA_INIT_IMAGES, DATA_INIT_VALUES // max(images[0].numel(), 1)))
+        with torch.no_grad():
+            model.data_init(normalizer(images[:count].contiguous().to(device)))
 
 
 def _to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
