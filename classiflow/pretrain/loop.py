@@ -70,6 +70,13 @@ def _optimizer(model: nn.Module, cfg: PretrainParams, steps: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def _network(model: nn.Module, x_all: torch.Tensor, normalizer: Normalizer, cfg: PretrainParams, device) -> SimCLR:
+    """The model (data-initialised where it has such a layer) less its classifier, with a projection head."""
+    init_from_data(model.to(device), x_all, normalizer, device)
+    encoder, features = strip_head(model, x_all.shape[1], x_all.shape[2])
+    return SimCLR(encoder, features, cfg.hidden_dim, cfg.projection_dim).to(device)
+
+
 def _bank(images: Images, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = images.bank
     if len(x) <= KNN_BANK:
@@ -94,12 +101,9 @@ def pretrain(
         torch.set_num_threads(usable_cores())
     normalizer = Normalizer(mean, std).to(device)
     x_all = images.pool
-    channels, size = x_all.shape[1], x_all.shape[2]
-    init_from_data(model.to(device), x_all, normalizer, device)
-    encoder, features = strip_head(model, channels, size)
-    net = SimCLR(encoder, features, cfg.hidden_dim, cfg.projection_dim).to(device)
     memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    net = net.to(memory_format=memory)
+    net = _network(model, x_all, normalizer, cfg, device).to(memory_format=memory)
+    encoder = net.encoder
     batch = min(cfg.batch_size, len(x_all))
     steps = len(x_all) // batch
     if steps == 0 or batch < 2:
@@ -107,15 +111,8 @@ def pretrain(
     opt, sched = _optimizer(net, cfg, steps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     generators = {name: torch.Generator().manual_seed(cfg.seed + i) for i, name in enumerate(("order", "views"))}
-    state = {"epoch": 0, "history": [], "seconds": 0.0}
-    saved = load_state(resume.path, resume.fingerprint) if resume and resume.enabled else None
-    if saved is not None:
-        net.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        set_rng_state(saved["rng"], generators)
-        state = {k: saved[k] for k in state}
+    state = _restore(resume, net, (opt, sched, scaler), generators)
+    if state["epoch"]:
         log.info("pretrain: resuming from epoch %d of %d (%s)", state["epoch"], cfg.epochs, resume.path)
     resumed_from = state["epoch"]
     bank_x, bank_y = _bank(images, cfg.seed)
@@ -144,6 +141,19 @@ def pretrain(
         device=str(device),
         resumed_from_epoch=resumed_from,
     )
+
+
+def _restore(resume: Resume | None, net, stepping, generators) -> dict:
+    """The epoch count, history and time of a saved run of this configuration (its weights, optimiser,
+    schedule, scaler and random streams restored), or a fresh start."""
+    saved = load_state(resume.path, resume.fingerprint) if resume and resume.enabled else None
+    if saved is None:
+        return {"epoch": 0, "history": [], "seconds": 0.0}
+    net.load_state_dict(saved["model"])
+    for part, key in zip(stepping, ("optimizer", "scheduler", "scaler"), strict=True):
+        part.load_state_dict(saved[key])
+    set_rng_state(saved["rng"], generators)
+    return {k: saved[k] for k in ("epoch", "history", "seconds")}
 
 
 def _capture(net, stepping, generators, state: dict, fingerprint: str) -> dict:

@@ -60,6 +60,38 @@ def _images(data, splits: tuple[str, ...]):
     return Images(pool, train, val, len(data.classes))
 
 
+def _finish(layout: Layout, spec: dict, cfg, data, result, images: int) -> dict:
+    """Write the encoder with its record, the history and the metrics; drop the resume point."""
+    record = {
+        "method": "simclr",
+        "model": spec,
+        "data_hash": data.data_hash,
+        "images": images,
+        "mean": data.meta["mean"],
+        "std": data.meta["std"],
+        "input_size": [spec["in_channels"], spec["image_size"], spec["image_size"]],
+        "license": None,
+        "params": cfg.model_dump(),
+    }
+    state = {k: v.detach().cpu() for k, v in result.encoder.state_dict().items()}
+    _write(layout, record, result.history, state)
+    layout.pretrain_last.unlink(missing_ok=True)
+    last = result.history[-1]
+    metrics = {
+        "method": "simclr",
+        "final_loss": last["loss"],
+        "knn_accuracy": last["knn_accuracy"],
+        "epochs_run": len(result.history),
+        "pretrain_seconds": result.seconds,
+        "images_per_second": result.images_per_second,
+        "view_share": last["view_share"],
+        "images": images,
+        "resumed_from_epoch": result.resumed_from_epoch,
+    }
+    write_json(layout.pretrain_metrics, metrics)
+    return metrics
+
+
 def _simclr(layout: Layout, params: Params, report: Report) -> StageResult:
     import torch
 
@@ -98,34 +130,8 @@ def _simclr(layout: Layout, params: Params, report: Report) -> StageResult:
         )
 
     result = pretrain(model, images, data.meta["mean"], data.meta["std"], cfg, resume, on_epoch_end)
-    everything = images.pool
-    record = {
-        "method": "simclr",
-        "model": spec,
-        "data_hash": data.data_hash,
-        "images": len(everything),
-        "mean": data.meta["mean"],
-        "std": data.meta["std"],
-        "input_size": [spec["in_channels"], spec["image_size"], spec["image_size"]],
-        "license": None,
-        "params": cfg.model_dump(),
-    }
-    state = {k: v.detach().cpu() for k, v in result.encoder.state_dict().items()}
-    _write(layout, record, result.history, state)
-    layout.pretrain_last.unlink(missing_ok=True)
+    metrics = _finish(layout, spec, cfg, data, result, len(images.pool))
     last = result.history[-1]
-    metrics = {
-        "method": "simclr",
-        "final_loss": last["loss"],
-        "knn_accuracy": last["knn_accuracy"],
-        "epochs_run": len(result.history),
-        "pretrain_seconds": result.seconds,
-        "images_per_second": result.images_per_second,
-        "view_share": last["view_share"],
-        "images": len(everything),
-        "resumed_from_epoch": result.resumed_from_epoch,
-    }
-    write_json(layout.pretrain_metrics, metrics)
     return StageResult(
         metrics | {"device": result.device},
         metrics=numbers(metrics),
@@ -133,7 +139,7 @@ def _simclr(layout: Layout, params: Params, report: Report) -> StageResult:
         artifacts={layout.pretrain_history: "", layout.encoder: "encoder"},
         pipeline_metrics={"pretrain_knn_accuracy": last["knn_accuracy"]},
         summary=[
-            f"pretrain: SimCLR on {len(everything)} images, kNN val accuracy {last['knn_accuracy']:.4f}, "
+            f"pretrain: SimCLR on {metrics['images']} images, kNN val accuracy {last['knn_accuracy']:.4f}, "
             f"loss {last['loss']:.4f}"
         ],
     )
