@@ -6,7 +6,7 @@ score, rectified and upsampled to the input. Written here in a few lines with ho
 and for timm models; a network without convolutions (the ViT) is refused with one line.
 
 :func:`gallery` picks what a reviewer wants to see: for each class, its most confident test mistakes and a
-sample of its correct answers. :func:`save_weights` / :func:`load_weights` carry the trained network beside the
+sample of its correct answers. :func:`save_explainable` / :func:`load_explainable` carry the trained network beside the
 exported files (safetensors, no pickle) so that a server with PyTorch can explain what it serves.
 """
 
@@ -42,7 +42,7 @@ def target_layer(model: nn.Module) -> nn.Module:
     return convs[-1]
 
 
-def save_weights(net: nn.Module, architecture: dict, directory: Path) -> dict | None:
+def save_explainable(net: nn.Module, architecture: dict, directory: Path) -> dict | None:
     """Write the network's weights to ``directory`` and return the ``explain`` entry of preprocessing.json, or
     ``None`` (with a warning) for a network Grad-CAM cannot explain."""
     from safetensors.torch import save_model
@@ -56,8 +56,8 @@ def save_weights(net: nn.Module, architecture: dict, directory: Path) -> dict | 
     return {"method": "grad-cam", "weights": WEIGHTS_FILE, "architecture": dict(architecture), "layer": layer}
 
 
-def load_weights(directory: Path, entry: dict) -> nn.Module:
-    """The network :func:`save_weights` wrote, rebuilt from its architecture (strict: every tensor must fit)."""
+def load_explainable(directory: Path, entry: dict) -> nn.Module:
+    """The network :func:`save_explainable` wrote, rebuilt from its architecture (strict: every tensor must fit)."""
     from safetensors.torch import load_model
 
     from classiflow.models import build_model

@@ -33,7 +33,7 @@ def export_model_dir(
 
     from classiflow.atomic import write_json
     from classiflow.checkpoint import model_spec
-    from classiflow.explain import save_weights
+    from classiflow.explain import save_explainable
     from classiflow.export import convert
     from classiflow.export.params import ExportParams
     from classiflow.export.pipeline import file_names
@@ -57,7 +57,7 @@ def export_model_dir(
     names = file_names("model", ExportParams(formats=list(formats), int8="none"))
     rows = [{"model": "trained", "format": fmt, "file": name, "status": "verified"} for fmt, name in names.items()]
     meta = {"channels": channels, "classes": CLASSES, "image_size": SIZE}
-    weights = save_weights(net, model_spec("simplecnn", meta), out) if explain else None
+    weights = save_explainable(net, model_spec("simplecnn", meta), out) if explain else None
     write_json(out / "preprocessing.json", _preprocessing(payload, data, sources, rows, explain=weights))
     return out
 

@@ -6,7 +6,7 @@ import torch
 
 from classiflow.data.prepared import PreparedData
 from classiflow.errors import ClassiflowError
-from classiflow.explain import WEIGHTS_FILE, gallery, grad_cam, load_weights, plot_gallery, save_weights
+from classiflow.explain import WEIGHTS_FILE, gallery, grad_cam, load_explainable, plot_gallery, save_explainable
 from classiflow.models import build_model
 from classiflow.tensors import Normalizer, to_nchw
 from classiflow.training import fit
@@ -63,16 +63,16 @@ def test_weights_round_trip_for_conv_nets_and_a_vit_gets_none(tmp_path, caplog):
         spec = {"name": name, "in_channels": 1, "num_classes": 3, "image_size": 32, **arch}
         net, out = build_model(**spec).eval(), tmp_path / name.replace("/", "-")
         out.mkdir()
-        entry = save_weights(net, spec, out)
+        entry = save_explainable(net, spec, out)
         assert entry["weights"] == WEIGHTS_FILE and entry["architecture"] == spec and entry["layer"]
         x = torch.randn(2, 1, 32, 32)
         with torch.no_grad():
-            assert torch.equal(load_weights(out, entry)(x), net(x))
+            assert torch.equal(load_explainable(out, entry)(x), net(x))
     spec = {"name": "vit", "in_channels": 3, "num_classes": 4, "image_size": 32}
-    assert save_weights(build_model(**spec), spec, tmp_path) is None
+    assert save_explainable(build_model(**spec), spec, tmp_path) is None
     assert "no explanations: Grad-CAM: " in caplog.text and not (tmp_path / WEIGHTS_FILE).exists()
     with pytest.raises(ClassiflowError, match="model.safetensors: missing"):
-        load_weights(tmp_path, {"weights": WEIGHTS_FILE, "architecture": spec})
+        load_explainable(tmp_path, {"weights": WEIGHTS_FILE, "architecture": spec})
 
 
 def test_the_gallery_shows_the_most_confident_mistakes_first_then_some_hits(tmp_path):

@@ -14,7 +14,7 @@ from classiflow.config import DataParams
 from classiflow.data.download import download
 from classiflow.data.prepare import prepare
 from classiflow.errors import ClassiflowError
-from classiflow.explain import load_weights
+from classiflow.explain import load_explainable
 from classiflow.export import convert, pipeline, runtime
 from classiflow.export.params import ExportParams
 from classiflow.export.pipeline import Images, Source, export_model
@@ -182,7 +182,7 @@ def test_the_stage_exports_trained_and_pruned_models_with_a_report(trained):
     pre = read_json(layout.export_dir / "preprocessing.json")
     net, payload = load_checkpoint(layout.model)
     assert pre["explain"]["weights"] == "model.safetensors" and pre["explain"]["architecture"] == payload["model"]
-    rebuilt, x = load_weights(layout.export_dir, pre["explain"]), torch.randn(2, 3, SIZE, SIZE)
+    rebuilt, x = load_explainable(layout.export_dir, pre["explain"]), torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), net(x))  # the trained network, for /explain
     assert pre["input"]["name"] == "pixels" and pre["input"]["shape"] == ["batch", 3, SIZE, SIZE]

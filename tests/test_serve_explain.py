@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from classiflow.config import ServeParams
-from classiflow.explain import WEIGHTS_FILE, grad_cam, load_weights
+from classiflow.explain import WEIGHTS_FILE, grad_cam, load_explainable
 from classiflow.serving import explainer as explainer_module
 from classiflow.serving import images
 from classiflow.serving.app import create_app
@@ -56,7 +56,7 @@ def test_the_heat_map_is_the_trained_networks_grad_cam_of_the_top_class(exported
     import json
 
     spec = json.loads((exported / "preprocessing.json").read_text())
-    net = WithPreprocessing(load_weights(exported, spec["explain"]), spec["mean"], spec["std"]).eval()
+    net = WithPreprocessing(load_explainable(exported, spec["explain"]), spec["mean"], spec["std"]).eval()
     pixels = torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32))[None]
     assert net(pixels).argmax(1).item() == top  # the rebuilt network is the exported one
     expected = grad_cam(net, pixels, torch.tensor([top]))[0]

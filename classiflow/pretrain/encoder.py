@@ -14,6 +14,9 @@ from torch import nn
 from classiflow.errors import ClassiflowError
 from classiflow.models.timm_zoo import head_module_names
 
+KNN_TEMPERATURE = 0.07  # of the similarity-weighted vote (Wu et al. 2018)
+CHUNK = 1024  # queries compared at once: bounds the similarity matrix
+
 
 def strip_head(model: nn.Module, channels: int, size: int) -> tuple[nn.Module, int]:
     """``model`` with its classifier replaced by the identity (in place), and the feature width it outputs for
@@ -56,7 +59,7 @@ def embed(encoder: nn.Module, images: torch.Tensor, normalizer, device, batch: i
     was_training = encoder.training
     encoder.eval()
     out = [
-        torch.nn.functional.normalize(encoder(normalizer(images[i : i + batch].to(device).float())).float(), dim=1)
+        torch.nn.functional.normalize(encoder(normalizer(images[i : i + batch].to(device))).float(), dim=1)
         for i in range(0, len(images), batch)
     ]
     encoder.train(was_training)
@@ -67,14 +70,13 @@ def knn_accuracy(
     bank: torch.Tensor, bank_labels: torch.Tensor, query: torch.Tensor, labels: torch.Tensor, k: int, classes: int
 ) -> float:
     """Accuracy of a k-nearest-neighbour vote by cosine similarity (weights exp(sim / 0.07), as in Wu et al.
-    2018 and the SimCLR repository's monitor) of normalised ``query`` features against the ``bank``."""
+    2018) of normalised ``query`` features against the ``bank``."""
     if len(query) == 0 or len(bank) == 0:
         return 0.0
     k = min(k, len(bank))
     correct = 0
-    for start in range(0, len(query), 1024):
-        sim = query[start : start + 1024] @ bank.T
-        top, idx = sim.topk(k, dim=1)
-        votes = torch.zeros(len(top), classes).scatter_add_(1, bank_labels[idx], (top / 0.07).exp())
-        correct += int((votes.argmax(1) == labels[start : start + 1024]).sum())
+    for start in range(0, len(query), CHUNK):
+        top, idx = (query[start : start + CHUNK] @ bank.T).topk(k, dim=1)
+        votes = torch.zeros(len(top), classes).scatter_add_(1, bank_labels[idx], (top / KNN_TEMPERATURE).exp())
+        correct += int((votes.argmax(1) == labels[start : start + CHUNK]).sum())
     return correct / len(query)

@@ -33,23 +33,22 @@ class Explainer:
     """The trained network behind raw-pixel preprocessing; one explanation at a time (Grad-CAM sets hooks)."""
 
     def __init__(self, directory: Path, spec: dict):
-        import torch
-
-        from classiflow.explain import load_weights
+        from classiflow.explain import load_explainable
         from classiflow.tensors import WithPreprocessing
 
-        net = load_weights(directory, spec["explain"])
+        net = load_explainable(directory, spec["explain"])
         self.module = WithPreprocessing(net, spec["mean"], spec["std"]).eval()
-        self.torch = torch
         self.lock = threading.Lock()
 
     def heatmap(self, image: np.ndarray, index: int) -> np.ndarray:
         """uint8 (S, S, C) image -> float32 (S, S) heat map in [0, 1] for class ``index``."""
+        import torch
+
         from classiflow.explain import grad_cam
 
-        pixels = self.torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))[None]
+        pixels = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))[None]
         with self.lock:
-            return grad_cam(self.module, pixels, self.torch.tensor([index]))[0].astype(np.float32)
+            return grad_cam(self.module, pixels, torch.tensor([index]))[0].astype(np.float32)
 
 
 def unavailable(directory: Path, spec: dict) -> str | None:
@@ -73,9 +72,9 @@ def explainer_for(model) -> Explainer:
         if model.explainer is None:
             try:
                 model.explainer = Explainer(Path(model.details["directory"]), model.spec)
-            except ClassiflowError:
-                raise
             except Exception as err:  # noqa: BLE001 - a model that cannot be rebuilt is reported, not a 500
+                if isinstance(err, ClassiflowError):
+                    raise
                 raise ClassiflowError(f"the model cannot be rebuilt for explanations ({err})".splitlines()[0]) from None
         return model.explainer
 

@@ -20,7 +20,7 @@ from classiflow.config import Params
 from classiflow.cpu import usable_cores
 from classiflow.data.prepared import PreparedData, load_prepared
 from classiflow.errors import ClassiflowError
-from classiflow.explain import save_weights
+from classiflow.explain import save_explainable
 from classiflow.export import report as export_tables
 from classiflow.export import runtime
 from classiflow.export.convert import INPUT_NAME, OUTPUT_NAME
@@ -171,7 +171,7 @@ def export(layout: Layout, export_params: ExportParams, load_pruned: Loader | No
     with atomic_dir(layout.export_dir) as tmp:
         for source in sources:
             rows += export_model(source, tmp, export_params, images, threads)
-        explain = save_weights(sources[0].module.net, payload["model"], tmp)
+        explain = save_explainable(sources[0].module.net, payload["model"], tmp)
         spec = _preprocessing(payload, data, sources, rows, temperature(layout), chosen_point(layout), explain)
         write_json(tmp / SPEC_FILE, spec)
     text = export_tables.markdown(rows, threads, export_params.throughput_batch, len(images.labels))

@@ -78,9 +78,10 @@ def _pretrained(model, spec: dict, params: Params, data: PreparedData, layout: L
     cfg = params.model
     if not cfg.pretrained:
         return None, data
-    source = str(layout.encoder) if cfg.pretrained == PRETRAIN else cfg.pretrained
-    if cfg.pretrained == PRETRAIN:
-        encoder_spec(layout)
+    source = cfg.pretrained
+    if source == PRETRAIN:
+        encoder_spec(layout)  # a clear line when the pretrain stage made no encoder
+        source = str(layout.encoder)
     weights = with_defaults(read_weights(source, cfg.pretrained_sha256, cfg.allow_download), spec["name"])
     _same_architecture(weights, spec)
     fresh = load_into(model, weights, spec["name"])
