@@ -53,11 +53,11 @@ def write_mnist_archive(out: Path) -> Path:
     return archive
 
 
-def cifar_subset(out: Path) -> Path:
-    """500 training and 100 test images of every class, the first ones in the archive's own order."""
+def cifar_subset(out: Path, test_per_class: int = TEST_PER_CLASS) -> Path:
+    """500 training and (by default) 100 test images of every class, the first ones in the archive's own order."""
     if not CIFAR.exists():
         pytest.skip(f"{CIFAR} is absent")
-    wanted = {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS}
+    wanted = {"train": TRAIN_PER_CLASS, "test": test_per_class}
     taken: Counter = Counter()
     archive = out / "cifar10-subset.tar.gz"
     with tarfile.open(CIFAR, "r:gz") as src, tarfile.open(archive, "w:gz") as dst:

@@ -28,7 +28,7 @@ from classiflow.training.loop import Inputs
 from tests.real_images import cifar_subset, mnist_available, write_mnist_archive
 
 pytestmark = [pytest.mark.integration, pytest.mark.real_data]
-TRAIN_IMAGES, TEST_IMAGES = 3000, 1000
+TRAIN_IMAGES = 3000
 STEPS = {"cifar10": 200, "digits": 150}  # of 64 images: enough to learn, so that near-ties do not dominate
 # Narrower versions of the costly architectures keep the tier to minutes; the structure that int8 meets (the
 # stem, folded norms, residual sums, attention) is the same, and benchmarks/int8.py measures the full widths.
@@ -40,11 +40,10 @@ WIDTH = {"fastnet": 16, "resnet20": 8, "resnet56": 8, "vit": 64}
 # keeps >= 99.5% of the decided predictions but flips enough ties to lose 0.2-2.2 points, by CPU and thread
 # count (2026-12-05, Xeon with AVX-512, 1 thread: 43.5% -> 41.3%, decided agreement 99.57%). Its accuracy
 # check is reported, not required; its agreement on the decided images is required.
-# fastnet after 200 steps (about 54%): on 2026-12-07 (AMD EPYC, xdist's one thread per worker) int8 lost 0.6
-# points (53.6% -> 53.0%), and 0.8 points when trained for 400 steps and checked on 2,000 images; alone, with two
-# threads, it passed. The committed defaults' own int8 files must still be verified (tests/test_e2e.py and
-# tests/test_real_data.py); here its decided agreement is required and its accuracy drop reported.
-TIE_DOMINATED = {"resnet56", "fastnet"}
+TIE_DOMINATED = {"resnet56"}
+# 5,000 CIFAR-10 test images: a short-trained fastnet (about 53%) leaves a quarter of them near-ties, and int8
+# flips 1-2% of its predictions; on 1,000 images the net change of those flips alone varies by +-0.3 points
+CIFAR_TEST_PER_CLASS = 500
 CASES = [(name, "cifar10") for name in sorted(MODELS)] + [
     (name, "digits") for name in ("lenet5", "simplecnn", "resnet8")
 ]
@@ -57,7 +56,6 @@ def _prepared(archive, root, size: int) -> PreparedData:
     pick = np.random.default_rng(0).permutation(len(data.labels["train"]))[:TRAIN_IMAGES]
     images, labels = dict(data.images), dict(data.labels)
     images["train"], labels["train"] = images["train"][np.sort(pick)], labels["train"][np.sort(pick)]
-    images["test"], labels["test"] = images["test"][:TEST_IMAGES], labels["test"][:TEST_IMAGES]
     return PreparedData(data.meta, images, labels)
 
 
@@ -68,7 +66,7 @@ def real(tmp_path_factory) -> dict[str, PreparedData]:
     if mnist_available():
         sets["digits"] = _prepared(write_mnist_archive(tmp / "d"), tmp / "digits", 28)
     try:
-        sets["cifar10"] = _prepared(cifar_subset(tmp), tmp / "cifar", 32)
+        sets["cifar10"] = _prepared(cifar_subset(tmp, CIFAR_TEST_PER_CLASS), tmp / "cifar", 32)
     except pytest.skip.Exception:
         pass
     return sets
