@@ -69,6 +69,16 @@ for _stage_entry in STAGES:
     _stage(_stage_entry)
 
 
+@app.command("train-agent")
+@_user_errors
+def train_agent(params: ParamsFile = "params.yaml") -> None:
+    """Lend this machine's train.processes to the train stage another node leads (train.nodes > 1)."""
+    from classiflow.layout import Layout
+    from classiflow.stages.train import join_as_agent
+
+    join_as_agent(Layout.at("."), load_params(params))
+
+
 @app.command()
 @_user_errors
 def check(params: ParamsFile = "params.yaml") -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from classiflow.baseline.params import BaselineParams
 from classiflow.errors import ClassiflowError
@@ -114,6 +114,25 @@ class TrainParams(_Section):
     resume: bool = True  # continue from models/last.pt when it matches these params and data
     seed: int = 42
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # data-parallel training (classiflow.training.distributed): processes per node, started through torchrun;
+    # batch_size stays the global batch. Several nodes meet at rendezvous (host:port, c10d); the other nodes run
+    # `classiflow train-agent`. micro_batches: the global batch in N parts, each normalised on its own (gradient
+    # accumulation); null is one per process, and a run gives the same weights with any number of processes
+    processes: int = Field(1, ge=1)
+    nodes: int = Field(1, ge=1)
+    rendezvous: str | None = Field(None, pattern=r"^[^\s:]+:\d+$")
+    micro_batches: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _world_fits(self) -> TrainParams:
+        world = self.processes * self.nodes
+        if self.nodes > 1 and self.rendezvous is None:
+            raise ValueError("train.nodes > 1 needs train.rendezvous (host:port of the first node)")
+        if self.micro_batches is not None and self.micro_batches % world:
+            raise ValueError(f"train.micro_batches {self.micro_batches} is not a multiple of the {world} processes")
+        if (self.micro_batches or world) > self.batch_size:
+            raise ValueError(f"train.batch_size {self.batch_size} has fewer images than micro-batches")
+        return self
 
 
 class EvaluateParams(_Section):

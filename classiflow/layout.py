@@ -70,6 +70,11 @@ class Layout:
         return self.root / "models" / "last.pt"
 
     @property
+    def train_ranks(self) -> Path:
+        """Where the train stage and its torchrun processes meet (classiflow.stages.train_ranks); not an output."""
+        return self.root / "models" / ".train-ranks"
+
+    @property
     def model(self) -> Path:
         return self.root / "models" / "model.pt"
 

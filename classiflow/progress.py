@@ -17,7 +17,7 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
-def task_progress() -> Progress:
+def task_progress(enabled: bool = True) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -27,7 +27,7 @@ def task_progress() -> Progress:
         TextColumn("{task.fields[status]}"),
         console=console,
         transient=False,
-        disable=not console.is_terminal,
+        disable=not (enabled and console.is_terminal),
     )
 
 

@@ -4,6 +4,9 @@ policy, keep the best checkpoint; a killed run resumes from its last epoch."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+
+import torch
 
 from classiflow.atomic import write_json, write_text
 from classiflow.augment import build_augment, load_copies, load_policy
@@ -16,7 +19,8 @@ from classiflow.models import build_model
 from classiflow.models.pretrained import load_into, normalization, read_weights, with_defaults
 from classiflow.pretrain.made import encoder_spec
 from classiflow.stages.result import NO_REPORT, Report, StageResult, numbers
-from classiflow.training import fit, seed_everything
+from classiflow.stages.train_ranks import launch, world_size
+from classiflow.training import TrainResult, fit, seed_everything
 from classiflow.training.imbalance import check_class_weights
 from classiflow.training.loop import Inputs, Resume
 from classiflow.training.resume import fingerprint
@@ -95,7 +99,24 @@ def _pretrained(model, spec: dict, params: Params, data: PreparedData, layout: L
     return record, data.with_stats(*stats) if stats else data
 
 
-def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResult:
+@dataclass
+class Job:
+    """What the training loop is given: the same on every rank, since every rank builds it from the same seed."""
+
+    model: torch.nn.Module
+    spec: dict
+    data: PreparedData
+    pretrained: dict | None
+    augment: AugmentParams
+    inputs: Inputs
+    resume: Resume
+
+
+def setup(layout: Layout, params: Params, world_size: int = 1) -> Job:
+    """The model (seeded, with any pretrained weights), data, augmentation and resume point of the stage.
+
+    The resume fingerprint leaves out how many processes run: with the same micro-batches they give the same
+    weights, so a run may resume on another number of processes."""
     data = load_prepared(layout.prepared, ("train", "val"))
     check_class_weights(params.train.class_weights, data.classes)
     spec = model_spec(params.model, data.meta)
@@ -104,10 +125,37 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     pretrained, data = _pretrained(model, spec, params, data, layout)
     augment = load_policy(layout.augmented, params.augment, data.data_hash)
     inputs = _inputs(layout, augment, data)
-    train_cfg = params.train.model_dump(exclude={"resume"})
+    train_cfg = params.train.model_dump(exclude={"resume", "processes", "nodes", "rendezvous"})
+    train_cfg["micro_batches"] = params.train.micro_batches or world_size
     key = fingerprint(spec, augment.model_dump(), train_cfg, data.data_hash, pretrained and pretrained["sha256"])
     resume = Resume(layout.last_checkpoint, key, enabled=params.train.resume)
-    result = fit(model, data, params.train, _epoch_reporter(report), inputs, resume)
+    return Job(model, spec, data, pretrained, augment, inputs, resume)
+
+
+def join_as_agent(layout: Layout, params: Params) -> None:
+    """Lend this machine's processes to a run that `classiflow train` leads on another node (``train.nodes`` > 1)."""
+    if params.train.nodes == 1:
+        raise ClassiflowError("classiflow train-agent: train.nodes is 1; set it and train.rendezvous on every node")
+    job = setup(layout, params, world_size(params.train))
+    launch(layout, params, job.resume.fingerprint[:16], None)
+
+
+def _train(layout: Layout, params: Params, job: Job, report: Report) -> TrainResult:
+    """In this process, or on ``train.processes`` x ``train.nodes`` processes that torchrun starts."""
+    on_epoch_end = _epoch_reporter(report)
+    size = world_size(params.train)
+    if size == 1:
+        return fit(job.model, job.data, params.train, on_epoch_end, job.inputs, job.resume)
+    log.info("train: %d processes (%d per node), torchrun", size, params.train.processes)
+    result = TrainResult(**launch(layout, params, job.resume.fingerprint[:16], on_epoch_end))
+    job.model.load_state_dict(result.best_state)
+    return result
+
+
+def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResult:
+    job = setup(layout, params, world_size(params.train))
+    model, spec, data, pretrained, augment = job.model, job.spec, job.data, job.pretrained, job.augment
+    result = _train(layout, params, job, report)
     save_checkpoint(
         layout.model,
         model,
@@ -138,6 +186,8 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
         "images_per_second": result.images_per_second,
         "train_seconds": result.train_seconds,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "world_size": result.world_size,
+        "micro_batches": result.micro_batches,
     }
     write_json(layout.train_metrics, metrics)
     value = {**metrics, "device": result.device, "data_hash": data.data_hash}

@@ -10,11 +10,9 @@ everything a resumed run continues from is one object (:class:`TrainState`).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,13 +20,16 @@ from torch import nn
 
 from classiflow.config import TrainParams
 from classiflow.cpu import usable_cores
-from classiflow.data.mapped import is_mapped, release_pages
+from classiflow.data.mapped import is_mapped
 from classiflow.data.prepared import PreparedData
 from classiflow.progress import task_progress
 from classiflow.tensors import Normalizer, predict_logits, to_nchw
-from classiflow.training.device import autocast, seed_everything, select_device
+from classiflow.training import distributed
+from classiflow.training.device import seed_everything, select_device
+from classiflow.training.distributed import SINGLE, World
+from classiflow.training.epoch import Batches, train_one_epoch
 from classiflow.training.finetune import freeze_backbone
-from classiflow.training.imbalance import class_weights, epoch_order
+from classiflow.training.imbalance import class_weights
 from classiflow.training.optim import make_ema, make_optimizer, make_scheduler
 from classiflow.training.resume import load_state, save_state
 from classiflow.training.state import TrainState
@@ -36,8 +37,6 @@ from classiflow.training.state import TrainState
 log = logging.getLogger("classiflow.training")
 DATA_INIT_IMAGES = 5000
 DATA_INIT_VALUES = DATA_INIT_IMAGES * 3 * 32 * 32  # fewer images when they are large (a float copy of them is made)
-RELEASE_EVERY = 8  # steps between unmapping the pages a memory-mapped split has read (classiflow.data.mapped)
-PROGRESS_EVERY = 20  # steps between progress-bar updates (each one syncs the loss)
 
 
 @dataclass
@@ -50,6 +49,8 @@ class TrainResult:
     train_seconds: float
     device: str
     resumed_from_epoch: int = 0
+    world_size: int = 1
+    micro_batches: int = 1
 
 
 @dataclass
@@ -71,39 +72,16 @@ class Inputs:
     augment_seed: int = 0
 
 
-@dataclass
-class Batches:
-    """The run's tensors on its device (memory-mapped splits stay on the CPU, read batch by batch), and how an
-    epoch walks them."""
-
-    train: tuple[torch.Tensor, torch.Tensor]
-    copies: list[tuple[torch.Tensor, torch.Tensor]]
-    val: tuple[torch.Tensor, torch.Tensor]
-    normalizer: Normalizer
-    batch_size: int
-    steps_per_epoch: int
-    memory_format: torch.memory_format
-    device: torch.device
-    mapped: list = field(default_factory=list)  # the memory-mapped arrays behind the tensors
-    loss_weights: torch.Tensor | None = None  # per class (train.class_weights), on the device
-
-    def release(self) -> None:
-        for array in self.mapped:
-            release_pages(array)
-
-    def source(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The train split, or the epoch's materialised augmented copy (copies rotate by epoch)."""
-        return self.copies[(epoch - 1) % len(self.copies)] if self.copies else self.train
-
-
 def balanced_accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
     """The mean recall over the classes present: accuracy as if every class were equally common."""
     recalls = [(predicted[labels == c] == c).float().mean() for c in labels.unique()]
     return float(torch.stack(recalls).mean()) if recalls else 0.0
 
 
-def evaluate_split(model, images, labels, normalizer, device, batch_size=1024) -> dict[str, float]:
-    logits = predict_logits(model, images, normalizer, device, batch_size)
+def evaluate_split(model, images, labels, normalizer, device, batch_size=1024, world=SINGLE) -> dict[str, float]:
+    """Each rank predicts its slice of the split and every rank scores them all, so all take the same decisions."""
+    lo, hi = distributed.bounds(len(labels), world.size)[world.rank]
+    logits = distributed.all_gather_rows(predict_logits(model, images[lo:hi], normalizer, device, batch_size), world)
     predicted = logits.argmax(1)
     return {
         "val_loss": F.cross_entropy(logits, labels).item(),
@@ -172,70 +150,6 @@ def _new_state(model: nn.Module, cfg: TrainParams, steps_per_epoch: int, augment
     )
 
 
-def train_one_epoch(
-    train_model: nn.Module,
-    state: TrainState,
-    batches: Batches,
-    augment: Any,
-    cfg: TrainParams,
-    epoch: int,
-    on_progress: Callable[[int, str], None],
-) -> dict:
-    """One pass over the epoch's batches: augment, step, schedule, average; the train half of the stats."""
-    state.model.train()
-    if cfg.freeze_epochs:
-        freeze_backbone(state.model, frozen=epoch <= cfg.freeze_epochs)
-    device = batches.device
-    x_src, y_src = batches.source(epoch)
-    order = epoch_order(y_src, cfg.sampler, state.generators["order"]).to(x_src.device)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    lr = state.optimizer.param_groups[0]["lr"]
-    size, start = batches.batch_size, time.perf_counter()
-    for step in range(batches.steps_per_epoch):
-        idx = order[step * size : (step + 1) * size]
-        xb, yb = x_src[idx].contiguous().to(device, non_blocking=True), y_src[idx].to(device, non_blocking=True)
-        if batches.mapped and step % RELEASE_EVERY == RELEASE_EVERY - 1:
-            batches.release()
-        if augment is not None and not batches.copies:
-            xb = augment.images(xb, state.generators["augment"])
-        xb = batches.normalizer(xb).contiguous(memory_format=batches.memory_format)
-        target = yb
-        if augment is not None:
-            xb, target = augment.mix(xb, yb, state.generators["augment"])
-        with autocast(device, cfg.precision):
-            out = train_model(xb)
-        loss = F.cross_entropy(out.float(), target, batches.loss_weights, label_smoothing=cfg.label_smoothing)
-        _step(state, loss, cfg.grad_clip)
-        loss_sum += loss.detach() * len(yb)
-        correct += (out.detach().argmax(1) == yb).sum()
-        if step % PROGRESS_EVERY == PROGRESS_EVERY - 1:
-            rate = (step + 1) * size / (time.perf_counter() - start)
-            on_progress(PROGRESS_EVERY, f"epoch {epoch} loss {loss.item():.3f} {rate:,.0f} img/s")
-    seconds = time.perf_counter() - start
-    seen = batches.steps_per_epoch * size
-    return {
-        "train_loss": loss_sum.item() / seen,
-        "train_accuracy": correct.item() / seen,
-        "lr": lr,
-        "images_per_second": seen / seconds,
-        "epoch_seconds": seconds,
-    }
-
-
-def _step(state: TrainState, loss: torch.Tensor, grad_clip: float | None) -> None:
-    state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(loss).backward()
-    if grad_clip is not None:
-        state.scaler.unscale_(state.optimizer)
-        nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip)
-    state.scaler.step(state.optimizer)
-    state.scaler.update()
-    state.scheduler.step()
-    if state.ema is not None:
-        state.ema.update_parameters(state.model)
-
-
 def fit(
     model: nn.Module,
     data: PreparedData,
@@ -243,13 +157,18 @@ def fit(
     on_epoch_end: Callable[[dict], None] | None = None,
     inputs: Inputs | None = None,
     resume: Resume | None = None,
+    world: World = SINGLE,
 ) -> TrainResult:
-    """Train ``model`` on the train split; keep the weights of the best validation epoch."""
+    """Train ``model`` on the train split; keep the weights of the best validation epoch. As one of several
+    processes (``world``), only the writer rank saves the resume point, reports epochs and shows progress."""
     inputs = inputs or Inputs()
     seed_everything(cfg.seed)
+    if world.rank:
+        torch.manual_seed(cfg.seed + world.rank)  # dropout: independent masks per rank
     device = select_device(cfg.device)
-    if device.type == "cpu":
+    if device.type == "cpu" and not world.distributed:  # a rank's threads are set when it joins
         torch.set_num_threads(usable_cores())
+    model = distributed.sync_norm_layers(model, device, world)
     batches = _batches(model, data, cfg, inputs, device)
     steps = batches.steps_per_epoch
     cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, steps)})
@@ -259,9 +178,9 @@ def fit(
         state.restore(saved)
         log.info("resuming from epoch %d of %d (%s)", state.epoch, cfg.epochs, resume.path)
     resumed_from = state.epoch
-    train_model = torch.compile(model) if cfg.compile else model
     augment = None if inputs.augment is None or inputs.augment.is_identity else inputs.augment
-    with task_progress() as progress:
+    writer, compiled = world.is_writer, torch.compile(model) if cfg.compile else model
+    with task_progress(enabled=writer) as progress:
         bar = progress.add_task("train", total=cfg.epochs * steps, status="", completed=resumed_from * steps)
 
         def tick(advance: int, status: str) -> None:
@@ -270,20 +189,15 @@ def fit(
         for epoch in range(resumed_from + 1, cfg.epochs + 1):
             if state.history and cfg.early_stopping and state.stale >= cfg.early_stopping:
                 break
-            trained = train_one_epoch(train_model, state, batches, augment, cfg, epoch, tick)
+            stats = _epoch(state, compiled, batches, augment, cfg, epoch, tick, world)
             progress.update(bar, completed=epoch * steps)
-            eval_model = state.ema.module if state.ema is not None else model
-            scores = evaluate_split(eval_model, *batches.val, batches.normalizer, device)
-            batches.release()
-            first = {key: trained.pop(key) for key in ("train_loss", "train_accuracy")}
-            stats = {"epoch": epoch, **first, **scores, **trained}
-            state.end_epoch(stats, eval_model, cfg.select_by)
-            if resume is not None:
+            if resume is not None and writer:
                 save_state(resume.path, state.capture(resume.fingerprint))
-            if on_epoch_end is not None:
+            if on_epoch_end is not None and writer:
                 on_epoch_end(stats)
     model.load_state_dict(state.best_state)
     freeze_backbone(model, frozen=False)
+    distributed.check_identical(model.state_dict(), world)
     return TrainResult(
         history=state.history,
         best_epoch=state.best_epoch,
@@ -293,4 +207,23 @@ def fit(
         train_seconds=state.train_time,
         device=str(device),
         resumed_from_epoch=resumed_from,
+        world_size=world.size,
+        micro_batches=distributed.micro_batches(cfg.micro_batches, world),
     )
+
+
+def _epoch(state: TrainState, compiled, batches: Batches, augment, cfg: TrainParams, epoch, tick, world) -> dict:
+    """Train one epoch (the backbone frozen or not, wrapped for DDP with the parameters that train in it), then
+    validate and record it."""
+    model = state.model
+    if cfg.freeze_epochs:
+        freeze_backbone(model, frozen=epoch <= cfg.freeze_epochs)
+    train_model = distributed.wrap(compiled, batches.device, world)
+    trained = train_one_epoch(train_model, state, batches, augment, cfg, epoch, tick, world)
+    eval_model = state.ema.module if state.ema is not None else model
+    scores = evaluate_split(eval_model, *batches.val, batches.normalizer, batches.device, world=world)
+    batches.release()
+    first = {key: trained.pop(key) for key in ("train_loss", "train_accuracy")}
+    stats = {"epoch": epoch, **first, **scores, **trained}
+    state.end_epoch(stats, eval_model, cfg.select_by)
+    return stats
