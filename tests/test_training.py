@@ -148,7 +148,9 @@ def test_killed_train_stage_resumes_to_the_same_weights(tmp_path):
 
     resumed = train_stage.run(killed, params).value
     assert 1 <= resumed["resumed_from_epoch"] < 6
-    assert not killed.last_checkpoint.exists()
+    assert killed.last_checkpoint.exists(), "kept until the run is recorded (classiflow.tracking.stage removes it)"
+    again = train_stage.run(killed, params).value
+    assert again["resumed_from_epoch"] == 6 and again["best_val_accuracy"] == resumed["best_val_accuracy"]
     uninterrupted = train_stage.run(straight, params).value
     assert uninterrupted["resumed_from_epoch"] == 0
     a, b = (torch.load(x.model, weights_only=True)["state_dict"] for x in (killed, straight))

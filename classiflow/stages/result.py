@@ -32,7 +32,9 @@ class StageResult:
     ``artifacts`` maps each file to log to its artifact folder ("" for the run's root); ``documents`` are
     logged as JSON files, ``tables`` as MLflow tables; ``pipeline_metrics`` and ``pipeline_tags`` go to the
     pipeline run that groups the stages; ``summary`` lines are logged at INFO when the stage ends; ``record`` is
-    kept in the stage's record file (``records/<stage>.json``) beside its run ids.
+    kept in the stage's record file (``records/<stage>.json``) beside its run ids. ``keep_until_recorded``: files
+    removed once the run is recorded, and kept when recording fails (the train stage's resume point, from which a
+    rerun records the same model without training it again).
     """
 
     value: dict[str, Any]
@@ -46,6 +48,7 @@ class StageResult:
     pipeline_tags: dict[str, str] = field(default_factory=dict)
     summary: list[str] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)
+    keep_until_recorded: list[Path] = field(default_factory=list)
 
 
 def numbers(values: Mapping[str, Any]) -> dict[str, float]:

@@ -169,7 +169,6 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
             "pretrained": pretrained,
         },
     )
-    layout.last_checkpoint.unlink(missing_ok=True)
     rows = [",".join(HISTORY_FIELDS)]
     rows += [
         ",".join(f"{h[k]:.6g}" if isinstance(h[k], float) else str(h[k]) for k in HISTORY_FIELDS)
@@ -203,4 +202,5 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
         artifacts={layout.train_history: ""},
         pipeline_metrics={k: metrics[k] for k in headline},
         summary=[f"train: best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}"],
+        keep_until_recorded=[layout.last_checkpoint],
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from classiflow.config import Params
+from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
 from classiflow.pipeline import BY_NAME, Stage
 from classiflow.stages.result import StageResult
@@ -148,7 +149,18 @@ def run_stage(name: str, root: str | Path, params: Params, pipeline_run_id: str 
     except BaseException:
         tracker.fail()
         raise
-    tracker.finish(result)
+    try:
+        tracker.finish(result)
+    except ClassiflowError:
+        raise
+    except Exception as err:  # noqa: BLE001 - MLflow's client raises its own and requests' errors
+        line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise ClassiflowError(
+            f"{name}: MLflow at {tracking_uri()} failed while recording the stage ({line}); its outputs are on "
+            "disk, and a rerun records them"
+        ) from None
+    for path in result.keep_until_recorded:
+        Path(path).unlink(missing_ok=True)
     for line in result.summary:
         log.info("%s", line)
     return result.value

@@ -177,6 +177,9 @@ def fit(
     if saved is not None:
         state.restore(saved)
         log.info("resuming from epoch %d of %d (%s)", state.epoch, cfg.epochs, resume.path)
+        if on_epoch_end is not None and world.is_writer:
+            for stats in state.history:  # the new run records the whole history, not only the epochs it trains
+                on_epoch_end(stats)
     resumed_from = state.epoch
     augment = None if inputs.augment is None or inputs.augment.is_identity else inputs.augment
     writer, compiled = world.is_writer, torch.compile(model) if cfg.compile else model
