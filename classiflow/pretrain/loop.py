@@ -1,4 +1,4 @@
-"""The SimCLR loop: two views per image, NT-Xent, AdamW with warm-up and cosine decay, a kNN monitor on
+"""The SimCLR loop: two views per image, NT-Xent, AdamW, SGD or LARS with warm-up and cosine decay, a kNN monitor on
 validation after every epoch, and a resume point after every epoch (a killed run continues bit for bit).
 
 Both views go through the network as one batch of 2N (batch norm then sees both, as in SimCLR). The time
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from classiflow.cpu import usable_cores
+from classiflow.errors import ClassiflowError
 from classiflow.pretrain.encoder import SimCLR, embed, knn_accuracy, strip_head
 from classiflow.pretrain.loss import nt_xent
 from classiflow.pretrain.params import PretrainParams
@@ -54,12 +55,19 @@ class PretrainResult:
 
 
 def _optimizer(model: nn.Module, cfg: PretrainParams, steps: int):
-    """AdamW without decay on norms and biases; linear warm-up, then cosine to 0, stepped per batch."""
+    """AdamW, SGD or LARS without decay on norms and biases (nor LARS's adaptation, which timm applies only to
+    decayed groups); linear warm-up, then cosine to 0, stepped per batch."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     plain = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}], lr=cfg.lr
-    )
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    else:
+        from timm.optim import Lars
+
+        opt = Lars(groups, lr=cfg.lr, momentum=cfg.momentum)
     total, warmup = cfg.epochs * steps, round(cfg.warmup_epochs * steps)
 
     def factor(step: int) -> float:
@@ -107,7 +115,7 @@ def pretrain(
     batch = min(cfg.batch_size, len(x_all))
     steps = len(x_all) // batch
     if steps == 0 or batch < 2:
-        raise ValueError(f"pretrain: {len(x_all)} images cannot make a batch of two")
+        raise ClassiflowError(f"pretrain: {len(x_all)} images cannot make a batch of two")
     opt, sched = _optimizer(net, cfg, steps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     generators = {name: torch.Generator().manual_seed(cfg.seed + i) for i, name in enumerate(("order", "views"))}

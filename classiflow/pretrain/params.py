@@ -2,7 +2,7 @@
 
 The defaults follow SimCLR's CIFAR-10 setting scaled to a CPU: two views per image (random resized crop with
 flip, colour jitter of strength 0.5 applied with p 0.8, grayscale with p 0.2, no blur at 32x32), a 2-layer
-projection head to 128 dimensions, NT-Xent at temperature 0.2, AdamW with a cosine schedule.
+projection head to 128 dimensions, NT-Xent at temperature 0.2, AdamW (or SGD, LARS) with a cosine schedule.
 """
 
 from __future__ import annotations
@@ -20,7 +20,11 @@ class PretrainParams(BaseModel):
     method: Literal["none", "simclr"] = "none"
     epochs: int = Field(20, ge=1, le=10_000)
     batch_size: int = Field(256, ge=2, le=65_536)
+    # adamw; sgd (momentum, Nesterov); lars (timm's, SimCLR's large-batch choice: each decayed weight's step scaled
+    # by its norm over its gradient's, norms and biases excluded)
+    optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
     lr: float = Field(2e-3, gt=0.0, le=10.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd and lars
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
     warmup_epochs: float = Field(1.0, ge=0.0)
     temperature: float = Field(0.2, gt=0.0, le=10.0)
