@@ -1,5 +1,5 @@
 """The classiflow command: one sub-command per stage of the table (what ``dvc repro`` calls), plus check,
-promote, rollback, recipes, serve, predict and run.
+promote, rollback, recipes, serve, predict, run, sweep and train-agent.
 
 A stage command calls the stage's function directly and imports only what that stage needs: no Prefect,
 and MLflow only once the stage starts. ``classiflow run`` runs the same functions as the Prefect
@@ -244,6 +244,29 @@ def run(
     train_flow = _flow("train.py:train_flow")
     result = train_flow(params_file=params, overrides=overrides, workdir=workdir, recipe=recipe)
     Console().print_json(json.dumps(result))
+
+
+@app.command()
+@_user_errors
+def sweep(
+    set_: Annotated[list[str], typer.Option("--set", "-S", help="Override, e.g. -S sweep.trials=4")] = [],  # noqa: B006
+    name: Annotated[str | None, typer.Option(help="Study name: the same name adds trials to it.")] = None,
+    params: ParamsFile = "params.yaml",
+) -> None:
+    """Run the sweep section's Optuna study; its trials run as train-flow on the Prefect workers of PREFECT_API_URL."""
+    import os
+
+    from classiflow.sweep.study import check_space
+
+    overrides = _parse_set(set_)
+    check_space(load_params(params, overrides))
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ClassiflowError(
+            "classiflow sweep: its trials run on Prefect workers; set PREFECT_API_URL to the server they poll "
+            "(README, Prefect)"
+        )
+    result = _flow("sweep.py:sweep_flow")(params_file=params, overrides=overrides, name=name)
+    Console().print_json(json.dumps({k: v for k, v in result.items() if k != "trials"}, default=str))
 
 
 def _flow(entrypoint: str) -> Any:

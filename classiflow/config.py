@@ -20,6 +20,7 @@ from classiflow.errors import ClassiflowError
 from classiflow.export.params import ExportParams
 from classiflow.pretrain.params import PretrainParams
 from classiflow.prune.params import PruneParams
+from classiflow.sweep.params import SweepParams
 
 BUILTIN_DATASETS = ("cifar10", "mnist", "fashion_mnist")
 
@@ -207,6 +208,7 @@ class Params(_Section):
     baseline: BaselineParams = BaselineParams()
     tracking: TrackingParams = TrackingParams()
     serve: ServeParams = ServeParams()
+    sweep: SweepParams = SweepParams()
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys, the shape MLflow params and ``dvc exp run -S`` use."""

@@ -25,15 +25,16 @@ def train_flow(
     overrides: dict[str, Any] | None = None,
     workdir: str | None = None,
     recipe: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dict:
     """Run the whole pipeline; ``recipe`` names recipes/<name>.yaml, ``overrides`` takes dotted
-    keys on top of it, e.g. ``{"train.epochs": 2}``."""
+    keys on top of it, e.g. ``{"train.epochs": 2}``; ``tags`` go on the pipeline's MLflow run (a sweep's)."""
     params = load_params(params_file, (load_recipe(recipe) if recipe else {}) | (overrides or {}))
     run_name = runtime.flow_run.name or "local"
     root = str(Path(workdir) if workdir else project_root() / "runs" / run_name)
     experiment = setup(params)
     pipeline = start_pipeline_run(experiment, params, entry="prefect", name=f"{params.model.name}-{run_name}")
-    log_to_pipeline(pipeline, tags={"prefect_flow_run_id": runtime.flow_run.id or "", "workdir": root})
+    log_to_pipeline(pipeline, tags={"prefect_flow_run_id": runtime.flow_run.id or "", "workdir": root} | (tags or {}))
     try:
         out = {name: task(root, params, pipeline) for name, task in TASKS.items()}
     except BaseException:

@@ -65,7 +65,7 @@ def test_champion_alias_is_reserved_for_promote():
 def test_flat_has_every_section():
     sections = {k.split(".")[0] for k in Params().flat()}
     expected = {"data", "model", "augment", "pretrain", "train", "evaluate", "prune", "export", "register", "promote"}
-    assert sections == expected | {"baseline", "tracking", "serve"}
+    assert sections == expected | {"baseline", "tracking", "serve", "sweep"}
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,1 @@
+"""Hyper-parameter sweeps: an Optuna study whose trials are whole pipeline runs (``flows/sweep.py`` dispatches them)."""
