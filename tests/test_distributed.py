@@ -75,13 +75,27 @@ def _max_difference(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
-def test_two_processes_without_norm_layers_equal_one_process_with_the_same_global_batch(tmp_path, images):
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, images) -> tuple[dict, dict, Layout]:
+    """lenet5 on two processes of this machine (torchrun --standalone)."""
+    tmp = tmp_path_factory.mktemp("two")
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})  # module-scoped: the autouse fixture has not pinned yet
+    try:
+        return (*_trained(tmp, images, "two", _params("lenet5", processes=2)), Layout.at(tmp / "two"))
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
+def test_two_processes_without_norm_layers_equal_one_process_with_the_same_global_batch(
+    tmp_path, images, two_processes
+):
     one, one_value = _trained(tmp_path, images, "one", _params("lenet5"))
-    two, two_value = _trained(tmp_path, images, "two", _params("lenet5", processes=2))
+    two, two_value, layout = two_processes
     assert (one_value["world_size"], two_value["world_size"], two_value["micro_batches"]) == (1, 2, 2)
     assert _max_difference(one, two) < 1e-5
     assert two_value["best_val_accuracy"] == one_value["best_val_accuracy"]
-    assert not Layout.at(tmp_path / "two").train_ranks.exists()
+    assert not layout.train_ranks.exists()
 
 
 def test_batch_norm_on_two_processes_equals_one_process_with_two_micro_batches(tmp_path, images):
@@ -104,10 +118,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_nodes_meet_at_a_c10d_rendezvous_on_loopback(tmp_path, images):
+def test_two_nodes_meet_at_a_c10d_rendezvous_on_loopback(tmp_path, images, two_processes):
     """Two agents, each with its own copy of the project (as on two machines): the same weights as one node
     running two processes."""
-    standalone, _ = _trained(tmp_path, images, "standalone", _params("lenet5", processes=2))
+    standalone = two_processes[0]
     params = _params("lenet5", nodes=2, rendezvous=f"127.0.0.1:{_free_port()}")
     lead, other = (_project(tmp_path / name, images, params) for name in ("lead", "other"))
     (other.root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json", by_alias=True)))

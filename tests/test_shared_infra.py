@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.imagegen import write_image_folder
 from tests.pipeline_project import BIN, REPO, copy_project
@@ -77,16 +78,13 @@ def stack(tmp_path_factory):
         shutil.rmtree(pgdata, ignore_errors=True)
 
 
-def _shapes_project(tmp: Path, updates: dict) -> Path:
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("team")
     folder = write_image_folder(tmp / "shapes", splits={"train": 24, "test": 8}, size=20)
     with tarfile.open(tmp / "shapes.tar.gz", "w:gz") as tf:
         tf.add(folder, arcname="shapes")
-    return copy_project(tmp, tmp / "shapes.tar.gz", updates)
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    return _shapes_project(tmp_path_factory.mktemp("team"), SHORT)
+    return copy_project(tmp, tmp / "shapes.tar.gz", SHORT)
 
 
 def _client_env(stack: dict, **extra: str) -> dict:
@@ -119,7 +117,7 @@ def test_the_pipeline_tracks_registers_promotes_and_predicts_through_the_shared_
     env = _client_env(stack)
     _run(project, env, "dvc", "repro")
     assert not (project / "mlflow.db").exists(), "nothing tracked locally"
-    client = mlflow.MlflowClient(tracking_uri=stack["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient(stack["MLFLOW_TRACKING_URI"], registry_uri=stack["MLFLOW_TRACKING_URI"])
     version = client.get_model_version_by_alias(NAME, "challenger")
     assert client.get_run(version.run_id).data.tags["classiflow.stage"] == "register"
     assert any(key.endswith("model.onnx") for key in _bucket(stack, "mlflow")), "artifacts live in S3"
@@ -149,11 +147,15 @@ def test_dvc_pushes_and_pulls_the_pipeline_outputs_through_an_s3_remote(stack, p
     assert "up to date" in _run(project, env, "dvc", "status").stdout
 
 
-def test_a_server_that_dies_mid_train_fails_the_stage_in_one_line_and_a_rerun_records_the_model(stack, tmp_path):
-    """Runs last: it stops the module's MLflow server, then starts it again with scripts/infra_up.sh."""
+def test_a_server_that_dies_mid_train_fails_the_stage_in_one_line_and_a_rerun_records_the_model(stack, project):
+    """Runs last: it stops the module's MLflow server, then starts it again with scripts/infra_up.sh. A longer
+    training of the module's project makes DVC rerun only the train stage."""
     import mlflow
 
-    proj = _shapes_project(tmp_path, SHORT | {"train": {"epochs": 300, "min_steps": 0}})
+    proj = project
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["train"].update(epochs=300, min_steps=0)
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = _client_env(stack, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_TIMEOUT="3")
     last = proj / "models" / "last.pt"
     proc = subprocess.Popen(
@@ -177,7 +179,7 @@ def test_a_server_that_dies_mid_train_fails_the_stage_in_one_line_and_a_rerun_re
     again = _run(proj, env, "dvc", "repro", "train")
     assert "resuming from epoch 300 of 300" in again.stdout + again.stderr
     assert not last.exists()
-    client = mlflow.MlflowClient(tracking_uri=stack["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient(stack["MLFLOW_TRACKING_URI"], registry_uri=stack["MLFLOW_TRACKING_URI"])
     runs = client.search_runs(
         [client.get_experiment_by_name("classiflow").experiment_id],
         "tags.`classiflow.stage` = 'train' and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],

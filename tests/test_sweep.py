@@ -88,7 +88,8 @@ def test_three_trials_ran_on_the_pool_two_at_a_time_and_the_best_is_registered(s
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     proj, env, result = swept
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{proj / 'mlflow.db'}")
+    uri = f"sqlite:///{proj / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri, registry_uri=uri)  # not the registry another test of this process set
     exp = client.get_experiment_by_name("classiflow").experiment_id
     trials = client.search_runs([exp], f"tags.`classiflow.sweep` = '{NAME}' and tags.`classiflow.pipeline` = 'true'")
     assert len(trials) == 3 and all("best_val_accuracy" in r.data.metrics for r in trials), result
