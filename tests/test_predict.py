@@ -150,11 +150,15 @@ def test_prefect_yaml_deploys_the_flow_with_parameters_it_takes():
     import yaml
 
     from flows.predict import batch_predict_flow
+    from flows.sweep import sweep_flow
+    from flows.train import train_flow
 
     spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
-    deployments = {d["name"]: d for d in spec["deployments"]}
-    assert deployments["local"]["entrypoint"] == "flows/train.py:train_flow"
-    folder = deployments["folder"]
+    entrypoints = {d["entrypoint"]: d for d in spec["deployments"]}
+    for flow, entrypoint in ((train_flow, "flows/train.py:train_flow"), (sweep_flow, "flows/sweep.py:sweep_flow")):
+        assert entrypoints[entrypoint]["name"] == "local"  # what `<flow name>/local` runs, e.g. sweep.deployment
+        assert set(entrypoints[entrypoint]["parameters"]) <= set(inspect.signature(flow.fn).parameters)
+    folder = {d["name"]: d for d in spec["deployments"]}["folder"]
     assert (
         folder["entrypoint"] == "flows/predict.py:batch_predict_flow"
         and batch_predict_flow.name == "batch-predict-flow"

@@ -176,7 +176,7 @@ def test_a_server_that_dies_mid_train_fails_the_stage_in_one_line_and_a_rerun_re
         ["bash", REPO / "scripts/infra_up.sh", stack["dir"]], env=stack["up_env"], capture_output=True, text=True
     )
     assert up.returncode == 0, up.stderr
-    again = _run(proj, env, "dvc", "repro", "train")
+    again = _run(proj, _client_env(stack), "dvc", "repro", "train")  # MLflow's own retries and timeout again
     assert "resuming from epoch 300 of 300" in again.stdout + again.stderr
     assert not last.exists()
     client = mlflow.MlflowClient(stack["MLFLOW_TRACKING_URI"], registry_uri=stack["MLFLOW_TRACKING_URI"])
