@@ -124,14 +124,24 @@ class TrainParams(_Section):
     rendezvous: str | None = Field(None, pattern=r"^[^\s:]+:\d+$")
     micro_batches: int | None = Field(None, ge=1)
 
+    @property
+    def world_size(self) -> int:
+        """Training processes in all: per node times nodes."""
+        return self.processes * self.nodes
+
+    @property
+    def micro_batch_count(self) -> int:
+        """Parts of each global batch: ``micro_batches``, or one per process."""
+        return self.micro_batches or self.world_size
+
     @model_validator(mode="after")
     def _world_fits(self) -> TrainParams:
-        world = self.processes * self.nodes
+        world = self.world_size
         if self.nodes > 1 and self.rendezvous is None:
             raise ValueError("train.nodes > 1 needs train.rendezvous (host:port of the first node)")
         if self.micro_batches is not None and self.micro_batches % world:
             raise ValueError(f"train.micro_batches {self.micro_batches} is not a multiple of the {world} processes")
-        if (self.micro_batches or world) > self.batch_size:
+        if self.micro_batch_count > self.batch_size:
             raise ValueError(f"train.batch_size {self.batch_size} has fewer images than micro-batches")
         return self
 

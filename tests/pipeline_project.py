@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,26 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STAGES = tuple(stage.name for stage in PIPELINE)
 COPIED = ["dvc.yaml", "params.yaml", ".dvcignore", "prefect.toml", "classiflow", "tasks", "flows", "recipes"]
+
+
+# a whole pipeline in about a minute: 16x16 shapes, one epoch, a one-point prune sweep, few latency repeats
+TINY = {
+    "data": {"image_size": 16},
+    "train": {"epochs": 1, "min_steps": 0},
+    "prune": {"finetune_epochs": 1, "sweep": [0.5], "latency_repeats": 3},
+    "export": {"latency_repeats": 3, "calibration_images": 16, "throughput_batch": 8},
+    "baseline": {"codebook_sample": 5000},
+}
+
+
+def tiny_project(tmp: Path, updates: dict[str, dict] | None = None) -> Path:
+    """``copy_project`` on an archive of generated shapes (24 train and 8 test images per class) with ``TINY``."""
+    from tests.imagegen import write_image_folder
+
+    folder = write_image_folder(tmp / "shapes", splits={"train": 24, "test": 8}, size=20)
+    with tarfile.open(tmp / "shapes.tar.gz", "w:gz") as tf:
+        tf.add(folder, arcname="shapes")
+    return copy_project(tmp, tmp / "shapes.tar.gz", TINY | (updates or {}))
 
 
 def copy_project(tmp: Path, archive: Path, updates: dict[str, dict]) -> Path:

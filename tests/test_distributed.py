@@ -6,6 +6,7 @@ that one process and two differ only by the order of their float sums, not by th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -32,12 +33,20 @@ from tests.imagegen import write_image_folder
 pytestmark = [pytest.mark.integration, pytest.mark.distributed]
 
 
-@pytest.fixture(autouse=True)
-def one_core():
+@contextlib.contextmanager
+def _on_one_core():
     cores = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(cores)})
-    yield
-    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
+@pytest.fixture(autouse=True)
+def one_core():
+    with _on_one_core():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +88,8 @@ def _max_difference(a: dict, b: dict) -> float:
 def two_processes(tmp_path_factory, images) -> tuple[dict, dict, Layout]:
     """lenet5 on two processes of this machine (torchrun --standalone)."""
     tmp = tmp_path_factory.mktemp("two")
-    cores = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cores)})  # module-scoped: the autouse fixture has not pinned yet
-    try:
+    with _on_one_core():  # module-scoped: the autouse fixture has not pinned yet
         return (*_trained(tmp, images, "two", _params("lenet5", processes=2)), Layout.at(tmp / "two"))
-    finally:
-        os.sched_setaffinity(0, cores)
 
 
 def test_two_processes_without_norm_layers_equal_one_process_with_the_same_global_batch(

@@ -13,47 +13,22 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import tarfile
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.imagegen import write_image_folder
-from tests.pipeline_project import BIN, REPO, copy_project
+from tests.pipeline_project import REPO, tiny_project
+from tests.team_stack import client_env, team_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_infra]
-SHORT = {
-    "data": {"image_size": 16},
-    "train": {"epochs": 1, "min_steps": 0},
-    "prune": {"finetune_epochs": 1, "sweep": [0.5], "latency_repeats": 3},
-    "export": {"latency_repeats": 3, "calibration_images": 16, "throughput_batch": 8},
-    "baseline": {"codebook_sample": 5000},
-}
 NAME = "classiflow-shapes"
-CLIENT_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL", "PGPASSWORD")
 
 
 def _postgres() -> bool:
     return bool(glob.glob("/usr/lib/postgresql/*/bin/initdb") or shutil.which("initdb"))
-
-
-def _ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def _read_env(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
 @pytest.fixture(scope="module")
@@ -62,36 +37,13 @@ def stack(tmp_path_factory):
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("psycopg") is None:
         pytest.skip("the team extra is not installed (pip install -e '.[team]')")
-    folder = tmp_path_factory.mktemp("infra") / "stack"
-    pgdata = Path(tempfile.mkdtemp(prefix="classiflow-pg-", dir="/var/tmp"))
-    pg, s3, mlflow = _ports(3)
-    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PG_FSYNC": "off", "PGDATA_DIR": str(pgdata)}
-    env |= {"PG_PORT": str(pg), "S3_PORT": str(s3), "MLFLOW_PORT": str(mlflow)}
-    if os.getuid() == 0:
-        shutil.chown(pgdata, "postgres")
-    up = subprocess.run(["bash", REPO / "scripts/infra_up.sh", folder], env=env, capture_output=True, text=True)
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        yield {"dir": folder, "up_env": env, **_read_env(folder / "team.env"), **_read_env(folder / "secrets.env")}
-    finally:
-        subprocess.run(["bash", REPO / "scripts/infra_down.sh", folder], env=env, capture_output=True)
-        shutil.rmtree(pgdata, ignore_errors=True)
+    with team_stack(tmp_path_factory.mktemp("infra") / "stack") as info:
+        yield info
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("team")
-    folder = write_image_folder(tmp / "shapes", splits={"train": 24, "test": 8}, size=20)
-    with tarfile.open(tmp / "shapes.tar.gz", "w:gz") as tf:
-        tf.add(folder, arcname="shapes")
-    return copy_project(tmp, tmp / "shapes.tar.gz", SHORT)
-
-
-def _client_env(stack: dict, **extra: str) -> dict:
-    """What a team member's machine has: the server's URL, no S3 or database credentials."""
-    env = {k: v for k, v in os.environ.items() if k not in CLIENT_SECRETS and not k.startswith("MLFLOW_")}
-    env |= {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "MLFLOW_TRACKING_URI": stack["MLFLOW_TRACKING_URI"]}
-    return env | extra
+    return tiny_project(tmp_path_factory.mktemp("team"))
 
 
 def _run(proj: Path, env: dict, *command: str) -> subprocess.CompletedProcess:
@@ -114,7 +66,7 @@ def _bucket(stack: dict, bucket: str) -> list[str]:
 def test_the_pipeline_tracks_registers_promotes_and_predicts_through_the_shared_server(stack, project):
     import mlflow
 
-    env = _client_env(stack)
+    env = client_env(stack)
     _run(project, env, "dvc", "repro")
     assert not (project / "mlflow.db").exists(), "nothing tracked locally"
     client = mlflow.MlflowClient(stack["MLFLOW_TRACKING_URI"], registry_uri=stack["MLFLOW_TRACKING_URI"])
@@ -132,7 +84,7 @@ def test_the_pipeline_tracks_registers_promotes_and_predicts_through_the_shared_
 
 def test_dvc_pushes_and_pulls_the_pipeline_outputs_through_an_s3_remote(stack, project):
     keys = {k: stack[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}  # DVC talks to S3 itself
-    env = _client_env(stack, **keys)
+    env = client_env(stack, **keys)
     if not (project / "dvc.lock").exists():
         _run(project, env, "dvc", "repro")
     _run(project, env, "dvc", "remote", "add", "-d", "team", "s3://dvc/classiflow")
@@ -156,7 +108,7 @@ def test_a_server_that_dies_mid_train_fails_the_stage_in_one_line_and_a_rerun_re
     params = yaml.safe_load((proj / "params.yaml").read_text())
     params["train"].update(epochs=300, min_steps=0)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = _client_env(stack, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_TIMEOUT="3")
+    env = client_env(stack, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_TIMEOUT="3")
     last = proj / "models" / "last.pt"
     proc = subprocess.Popen(
         ["dvc", "repro", "train"], cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -176,7 +128,7 @@ def test_a_server_that_dies_mid_train_fails_the_stage_in_one_line_and_a_rerun_re
         ["bash", REPO / "scripts/infra_up.sh", stack["dir"]], env=stack["up_env"], capture_output=True, text=True
     )
     assert up.returncode == 0, up.stderr
-    again = _run(proj, _client_env(stack), "dvc", "repro", "train")  # MLflow's own retries and timeout again
+    again = _run(proj, client_env(stack), "dvc", "repro", "train")  # MLflow's own retries and timeout again
     assert "resuming from epoch 300 of 300" in again.stdout + again.stderr
     assert not last.exists()
     client = mlflow.MlflowClient(stack["MLFLOW_TRACKING_URI"], registry_uri=stack["MLFLOW_TRACKING_URI"])

@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,8 @@ import pytest
 from classiflow.config import load_params
 from classiflow.errors import ClassiflowError
 from classiflow.sweep.study import check_space
-from tests.imagegen import write_image_folder
-from tests.pipeline_project import BIN, REPO, copy_project
-from tests.test_shared_infra import SHORT, _ports
+from tests.pipeline_project import BIN, REPO, tiny_project
+from tests.team_stack import free_ports
 
 pytestmark = pytest.mark.e2e
 NAME = "sweep-test"
@@ -44,12 +42,9 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
-    folder = write_image_folder(tmp / "shapes", splits={"train": 24, "test": 8}, size=20)
-    with tarfile.open(tmp / "shapes.tar.gz", "w:gz") as tf:
-        tf.add(folder, arcname="shapes")
-    proj = copy_project(tmp, tmp / "shapes.tar.gz", SHORT)
+    proj = tiny_project(tmp)
     shutil.copy2(REPO / "prefect.yaml", proj / "prefect.yaml")
-    (port,) = _ports(1)
+    (port,) = free_ports(1)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_API"))}
     env |= {"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "PREFECT_HOME": str(tmp / "prefect"), "PWD": str(proj)}
     env |= {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}

@@ -19,7 +19,7 @@ from classiflow.models import build_model
 from classiflow.models.pretrained import load_into, normalization, read_weights, with_defaults
 from classiflow.pretrain.made import encoder_spec
 from classiflow.stages.result import NO_REPORT, Report, StageResult, numbers
-from classiflow.stages.train_ranks import launch, world_size
+from classiflow.stages.train_ranks import launch
 from classiflow.training import TrainResult, fit, seed_everything
 from classiflow.training.imbalance import check_class_weights
 from classiflow.training.loop import Inputs, Resume
@@ -112,7 +112,7 @@ class Job:
     resume: Resume
 
 
-def setup(layout: Layout, params: Params, world_size: int = 1) -> Job:
+def setup(layout: Layout, params: Params) -> Job:
     """The model (seeded, with any pretrained weights), data, augmentation and resume point of the stage.
 
     The resume fingerprint leaves out how many processes run: with the same micro-batches they give the same
@@ -126,7 +126,7 @@ def setup(layout: Layout, params: Params, world_size: int = 1) -> Job:
     augment = load_policy(layout.augmented, params.augment, data.data_hash)
     inputs = _inputs(layout, augment, data)
     train_cfg = params.train.model_dump(exclude={"resume", "processes", "nodes", "rendezvous"})
-    train_cfg["micro_batches"] = params.train.micro_batches or world_size
+    train_cfg["micro_batches"] = params.train.micro_batch_count
     key = fingerprint(spec, augment.model_dump(), train_cfg, data.data_hash, pretrained and pretrained["sha256"])
     resume = Resume(layout.last_checkpoint, key, enabled=params.train.resume)
     return Job(model, spec, data, pretrained, augment, inputs, resume)
@@ -136,14 +136,14 @@ def join_as_agent(layout: Layout, params: Params) -> None:
     """Lend this machine's processes to a run that `classiflow train` leads on another node (``train.nodes`` > 1)."""
     if params.train.nodes == 1:
         raise ClassiflowError("classiflow train-agent: train.nodes is 1; set it and train.rendezvous on every node")
-    job = setup(layout, params, world_size(params.train))
+    job = setup(layout, params)
     launch(layout, params, job.resume.fingerprint[:16], None)
 
 
 def _train(layout: Layout, params: Params, job: Job, report: Report) -> TrainResult:
     """In this process, or on ``train.processes`` x ``train.nodes`` processes that torchrun starts."""
     on_epoch_end = _epoch_reporter(report)
-    size = world_size(params.train)
+    size = params.train.world_size
     if size == 1:
         return fit(job.model, job.data, params.train, on_epoch_end, job.inputs, job.resume)
     log.info("train: %d processes (%d per node), torchrun", size, params.train.processes)
@@ -153,7 +153,7 @@ def _train(layout: Layout, params: Params, job: Job, report: Report) -> TrainRes
 
 
 def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResult:
-    job = setup(layout, params, world_size(params.train))
+    job = setup(layout, params)
     model, spec, data, pretrained, augment = job.model, job.spec, job.data, job.pretrained, job.augment
     result = _train(layout, params, job, report)
     save_checkpoint(

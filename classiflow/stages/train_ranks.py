@@ -35,10 +35,6 @@ PARAMS_FILE = "params.json"
 POLL_SECONDS = 0.5
 
 
-def world_size(cfg: TrainParams) -> int:
-    return cfg.processes * cfg.nodes
-
-
 def torchrun_args(cfg: TrainParams, run_id: str) -> list[str]:
     """One node: ``--standalone`` (a free port on loopback). Several: c10d rendezvous at ``train.rendezvous``."""
     args = [f"--nproc-per-node={cfg.processes}", "--max-restarts=0"]
@@ -106,7 +102,7 @@ def main(root: str, params_file: str) -> None:
     params = parse_params(json.loads(Path(params_file).read_text()))
     world = distributed.join(select_device(params.train.device))
     try:
-        run = setup(layout, params, world.size)
+        run = setup(layout, params)
         folder = layout.train_ranks
         report = _append_epoch(folder / EPOCHS_FILE) if world.is_writer else None
         result = fit(run.model, run.data, params.train, report, run.inputs, run.resume, world)

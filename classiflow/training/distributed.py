@@ -85,11 +85,6 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
-def micro_batches(requested: int | None, world: World) -> int:
-    """Micro-batches per global batch: ``train.micro_batches``, or one per process."""
-    return requested or world.size
-
-
 def bounds(count: int, parts: int) -> list[tuple[int, int]]:
     """``count`` rows in ``parts`` contiguous slices whose sizes differ by at most one (as ``tensor_split``)."""
     base, extra = divmod(count, parts)

@@ -75,7 +75,7 @@ def train_one_epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     lr = state.optimizer.param_groups[0]["lr"]
     size, start = batches.batch_size, time.perf_counter()
-    parts = distributed.bounds(size, distributed.micro_batches(cfg.micro_batches, world))
+    parts = distributed.bounds(size, cfg.micro_batch_count)
     mine = parts[distributed.my_share(len(parts), world)]
     sync_norms = world.distributed and device.type != "cuda"
     for step in range(batches.steps_per_epoch):

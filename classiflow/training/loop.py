@@ -182,7 +182,8 @@ def fit(
                 on_epoch_end(stats)
     resumed_from = state.epoch
     augment = None if inputs.augment is None or inputs.augment.is_identity else inputs.augment
-    writer, compiled = world.is_writer, torch.compile(model) if cfg.compile else model
+    writer = world.is_writer
+    compiled = torch.compile(model) if cfg.compile else model
     with task_progress(enabled=writer) as progress:
         bar = progress.add_task("train", total=cfg.epochs * steps, status="", completed=resumed_from * steps)
 
@@ -211,7 +212,7 @@ def fit(
         device=str(device),
         resumed_from_epoch=resumed_from,
         world_size=world.size,
-        micro_batches=distributed.micro_batches(cfg.micro_batches, world),
+        micro_batches=cfg.micro_batch_count,
     )
 
 
