@@ -1,15 +1,21 @@
-"""Reading ``<root>/[train|val|test/]<class>/<image>`` trees into uint8 arrays.
+"""Decoding the images of an image-folder tree (``classiflow.data.tree``) into uint8 arrays.
 
 Images are opened only as PNG, JPEG, BMP or WebP and decoded in parallel processes straight into
-an array the caller owns (a memory-mapped file for a large set: decoding never holds the set twice);
-a file that is not such an image is skipped with a warning (or fails the run in strict mode).
+arrays the caller owns (memory-mapped files for a large set: decoding never holds the set twice), from
+files on disk or from an archive's members as it is read; a file that is not such an image is skipped
+with a warning (or fails the run in strict mode).
 """
 
 from __future__ import annotations
 
+import io
+import os
 import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +24,13 @@ from PIL import Image, UnidentifiedImageError
 from classiflow.cpu import usable_cores
 from classiflow.data.mapped import release_pages
 from classiflow.data.resize import fit_square
-from classiflow.errors import ClassiflowError
+from classiflow.data.tree import Tree, scan_names
 from classiflow.progress import task_progress
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
-SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 MAX_PIXELS = 64_000_000
+CHUNK = 512  # images per job of a decoding process
 
 
 class TooManyPixels(ValueError):
@@ -32,25 +38,8 @@ class TooManyPixels(ValueError):
 
 
 @dataclass
-class Samples:
-    paths: list[Path]
-    labels: list[int]
-
-
-@dataclass
-class Tree:
-    classes: list[str]
-    splits: dict[str, Samples]  # "all" when the tree has no split folders
-    root: Path | None = None  # the folder the split (or class) folders are in
-
-    def relative(self, split: str) -> list[str]:
-        """The split's files as paths inside the data set (``train/ok/1.png``), for ``data.group_by``."""
-        return [p.relative_to(self.root).as_posix() for p in self.splits[split].paths]
-
-
-@dataclass
 class Decoded:
-    """What :func:`decode_into` found; the pixels themselves are in the array it was given."""
+    """What :func:`decode_splits` found for one split; the pixels themselves are in the array it was given."""
 
     ok: np.ndarray  # N bool: decoded (the others were skipped and their rows are zero)
     gray: np.ndarray  # N bool: the source image had one channel
@@ -58,60 +47,15 @@ class Decoded:
     sizes: np.ndarray | None = None  # N,2 int: each source image's width and height before resizing
 
 
-def _visible_dirs(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
-
-
-def _visible_files(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-
-
-def _unwrap(root: Path) -> Path:
-    """Archives often wrap the tree in one top folder: step into it."""
-    while True:
-        dirs, files = _visible_dirs(root), _visible_files(root)
-        if len(dirs) == 1 and not files and dirs[0].name.lower() not in SPLIT_NAMES:
-            root = dirs[0]
-        else:
-            return root
-
-
-def _class_files(split_root: Path) -> dict[str, list[Path]]:
-    classes = {}
-    for d in _visible_dirs(split_root):
-        files = sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith("."))
-        if not files:
-            raise ClassiflowError(f"class folder {d} holds no images")
-        classes[d.name] = files
-    return classes
-
-
 def scan(root: Path) -> Tree:
-    root = _unwrap(root)
-    split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in _visible_dirs(root) if d.name.lower() in SPLIT_NAMES}
-    if "train" in split_dirs:
-        by_split = {name: _class_files(d) for name, d in split_dirs.items()}
-    else:
-        by_split = {"all": _class_files(root)}
-    main = by_split.get("train", by_split.get("all"))
-    classes = sorted(main)
-    if len(classes) < 2:
-        raise ClassiflowError(
-            f"{root}: found {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
-            "a classifier needs at least two"
-        )
-    index = {c: i for i, c in enumerate(classes)}
-    splits = {}
-    for name, files_by_class in by_split.items():
-        unknown = sorted(set(files_by_class) - set(classes))
-        if unknown:
-            raise ClassiflowError(f"{name} split has classes missing from train: {', '.join(unknown)}")
-        paths, labels = [], []
-        for cls in sorted(files_by_class):
-            paths += files_by_class[cls]
-            labels += [index[cls]] * len(files_by_class[cls])
-        splits[name] = Samples(paths, labels)
-    return Tree(classes, splits, root)
+    """The layout of a folder on disk; the tree's paths are relative to ``root``."""
+    files, dirs = [], []
+    for folder, subdirs, names in os.walk(root):
+        rel = Path(folder).relative_to(root).as_posix()
+        prefix = "" if rel == "." else f"{rel}/"
+        dirs += [prefix + d for d in subdirs]
+        files += [prefix + f for f in names if (Path(folder) / f).is_file()]
+    return scan_names(files, dirs, str(root))
 
 
 def decode_pil(
@@ -161,47 +105,85 @@ def decode_image(path: Path, size: int, resize: str = "squash") -> tuple[np.ndar
 
 
 Decode = tuple[np.ndarray | None, bool, str | None, tuple[int, int]]  # pixels, gray, error, source size
+Item = tuple[
+    str, int, str, "Path | bytes | None"
+]  # split, row, name in reports, the file or its content (None: too big)
 
 
-def _decode_chunk(args: tuple[list[str], int, str]) -> list[Decode]:
-    paths, size, resize = args
+def _decode_one(source: Path | bytes | None, size: int, resize: str) -> tuple[np.ndarray, bool, tuple[int, int]]:
+    if source is None:
+        raise ValueError("file too large to be an image")
+    if isinstance(source, Path):
+        return decode_file(source, size, resize)
+    try:
+        with Image.open(io.BytesIO(source), formats=ALLOWED_FORMATS) as img:
+            return (*decode_pil(img, size, resize=resize), img.size)
+    except UnidentifiedImageError:
+        raise ValueError(f"cannot identify image file (not {', '.join(ALLOWED_FORMATS)})") from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(str(err) or type(err).__name__) from None
+
+
+def _decode_chunk(args: tuple[list[Item], int, str]) -> list[tuple[str, int, str, Decode]]:
+    items, size, resize = args
     out = []
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        for p in paths:
+        for split, row, name, source in items:
             try:
-                arr, gray, dims = decode_file(Path(p), size, resize)
-                out.append((arr, gray, None, dims))
+                arr, gray, dims = _decode_one(source, size, resize)
+                out.append((split, row, name, (arr, gray, None, dims)))
             except (ValueError, Image.DecompressionBombWarning) as err:
-                out.append((None, False, str(err), (0, 0)))
+                out.append((split, row, name, (None, False, str(err), (0, 0))))
     return out
 
 
-def decode_into(
-    samples: Samples, out: np.ndarray, label: str, resize: str = "squash", workers: int | None = None
-) -> Decoded:
-    """Decode every sample into row i of ``out`` (N, size, size, 3 uint8, N = len(samples.paths))."""
+def _chunks(items: Iterable[Item]) -> Iterator[list[Item]]:
+    it = iter(items)
+    while chunk := list(islice(it, CHUNK)):
+        yield chunk
+
+
+def _run(jobs: Iterator[tuple], workers: int) -> Iterator[list]:
+    """Decode the jobs in ``workers`` processes, at most two jobs per process in flight (memory stays flat
+    while an archive is read faster than it decodes); results in job order."""
+    if workers <= 1:
+        yield from map(_decode_chunk, jobs)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for job in jobs:
+            pending.append(pool.submit(_decode_chunk, job))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def decode_splits(
+    items: Iterable[Item], outs: dict[str, np.ndarray], resize: str = "squash", workers: int | None = None
+) -> dict[str, Decoded]:
+    """Decode each item into row ``row`` of ``outs[split]`` (N, size, size, 3 uint8); items may come in any order
+    (an archive's), skipped files are reported in row order."""
     workers = workers or usable_cores()
-    size, chunk = out.shape[1], 512
-    starts = range(0, len(samples.paths), chunk)
-    jobs = [([str(p) for p in samples.paths[i : i + chunk]], size, resize) for i in starts]
-    ok, gray = np.zeros(len(samples.paths), bool), np.zeros(len(samples.paths), bool)
-    sizes = np.zeros((len(samples.paths), 2), np.int32)
-    skipped = []
+    size = next(iter(outs.values())).shape[1]
+    found = {
+        k: Decoded(np.zeros(len(o), bool), np.zeros(len(o), bool), [], np.zeros((len(o), 2), np.int32))
+        for k, o in outs.items()
+    }
+    failed: dict[str, list] = {k: [] for k in outs}
     with task_progress() as progress:
-        task = progress.add_task(f"decode {label}", total=len(samples.paths), status="")
-        pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
-        try:
-            results = pool.map(_decode_chunk, jobs) if pool else map(_decode_chunk, jobs)
-            for start, decoded in zip(starts, results, strict=True):
-                for i, (arr, is_gray, error, dims) in enumerate(decoded, start):
-                    if error is not None:
-                        skipped.append({"file": str(samples.paths[i]), "reason": error})
-                        continue
-                    out[i], ok[i], gray[i], sizes[i] = arr, True, is_gray, dims
+        task = progress.add_task("decode", total=sum(len(o) for o in outs.values()), status="")
+        for decoded in _run(((chunk, size, resize) for chunk in _chunks(items)), workers):
+            for split, row, name, (arr, is_gray, error, dims) in decoded:
+                if error is not None:
+                    failed[split].append((row, {"file": name, "reason": error}))
+                    continue
+                d = found[split]
+                outs[split][row], d.ok[row], d.gray[row], d.sizes[row] = arr, True, is_gray, dims
+            for out in outs.values():
                 release_pages(out)
-                progress.update(task, advance=len(decoded), status=f"{len(skipped)} skipped")
-        finally:
-            if pool:
-                pool.shutdown()
-    return Decoded(ok, gray, skipped, sizes)
+            progress.update(task, advance=len(decoded), status=f"{sum(map(len, failed.values()))} skipped")
+    for split, rows in failed.items():
+        found[split].skipped = [item for _, item in sorted(rows, key=lambda r: r[0])]
+    return found

@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +24,11 @@ from classiflow.config import DataParams
 from classiflow.data import archive, imagefolder
 from classiflow.data.download import MANIFEST
 from classiflow.data.groups import group_keys, grouped_holdout, summarize
+from classiflow.data.imagefolder import Item
 from classiflow.data.labelled import UNLABELLED, label_subset
 from classiflow.data.mapped import release_pages
 from classiflow.data.sanity import class_balance, duplicates, odd_images, row_hashes
+from classiflow.data.tree import Tree, scan_names
 from classiflow.errors import ClassiflowError
 from classiflow.layout import project_root
 
@@ -35,7 +37,7 @@ SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1
 Split = tuple[np.ndarray, np.ndarray]  # images N,H,W,C uint8; labels N int64
 CHUNK_BYTES = 64 << 20  # bound on the working memory of a step of gathering and writing images
-STATS_VALUES = 1 << 23  # pixel values per step of channel_stats (a float64 copy of them is made)
+STATS_VALUES = 1 << 23  # pixel values per step of channel_stats
 
 
 def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
@@ -96,21 +98,31 @@ def _report_skipped(skipped: list[dict], strict: bool) -> None:
         log.warning("... and %d more skipped files", len(skipped) - 20)
 
 
-def _load_tree(root: Path, params: DataParams, scratch: Path) -> tuple[list[str], dict[str, Source], bool, list]:
-    """Decode every split of the tree into a memory-mapped file under ``scratch``."""
-    tree = imagefolder.scan(root)
+def _load_tree(
+    tree: Tree, read: Callable[[dict[str, tuple[str, int, str]]], Iterable[Item]], params: DataParams, scratch: Path
+) -> tuple[list[str], dict[str, Source], bool, list]:
+    """Decode every split of the tree into a memory-mapped file under ``scratch``; ``read`` turns the tree's
+    files (name -> split, row and path inside the data set) into the items to decode."""
     if params.group_by:
-        names = list(tree.splits)
-        relative = [p for name in names for p in tree.relative(name)]
+        relative = [p for name in tree.splits for p in tree.relative(name)]
         keys, start = group_keys(relative, params.group_by, project_root()), 0
-    size, sources, skipped, all_gray = params.image_size, {}, [], True
+    size = params.image_size
+    outs = {
+        name: np.lib.format.open_memmap(scratch / f"{name}.npy", "w+", np.uint8, (len(s.paths), size, size, 3))
+        for name, s in tree.splits.items()
+    }
+    rows = {
+        p: (name, i, rel)
+        for name in tree.splits
+        for i, (p, rel) in enumerate(zip(tree.splits[name].paths, tree.relative(name), strict=True))
+    }
+    decoded = imagefolder.decode_splits(read(rows), outs, params.resize)
+    sources, skipped = {}, []
     for name, samples in tree.splits.items():
-        out = np.lib.format.open_memmap(scratch / f"{name}.npy", "w+", np.uint8, (len(samples.paths), size, size, 3))
-        decoded = imagefolder.decode_into(samples, out, name, params.resize)
-        skipped += decoded.skipped
-        all_gray &= bool(decoded.gray[decoded.ok].all())
-        labels, keep = np.asarray(samples.labels, dtype=np.int64), np.flatnonzero(decoded.ok)
-        sources[name] = Source(out, labels, keep, None, tree.relative(name), decoded.sizes, decoded.gray)
+        d = decoded[name]
+        labels, keep = np.asarray(samples.labels, dtype=np.int64), np.flatnonzero(d.ok)
+        sources[name] = Source(outs[name], labels, keep, None, tree.relative(name), d.sizes, d.gray)
+        skipped += d.skipped
         if params.group_by:
             sources[name].groups, start = keys[start : start + len(samples.paths)], start + len(samples.paths)
     _report_skipped(skipped, params.strict)
@@ -119,6 +131,7 @@ def _load_tree(root: Path, params: DataParams, scratch: Path) -> tuple[list[str]
     empty = [c for i, c in enumerate(tree.classes) if i not in present]
     if empty:
         raise ClassiflowError(f"class(es) with no readable image: {', '.join(empty)}")
+    all_gray = all(bool(d.gray[d.ok].all()) for d in decoded.values())
     return tree.classes, sources, all_gray, skipped
 
 
@@ -163,19 +176,20 @@ def _split(sources: dict[str, Source], params: DataParams) -> Picks:
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean/std in [0, 1], accumulated in float64 chunks to bound memory."""
+    """Per-channel mean/std in [0, 1], exact: from each channel's histogram of the 256 values, counted chunk by
+    chunk (no float copy of the pixels)."""
     c = images.shape[-1]
     step = max(1, min(8192, STATS_VALUES // max(int(np.prod(images.shape[1:])), 1)))
-    total, sq, n = np.zeros(c), np.zeros(c), 0
+    counts = np.zeros((c, 256), np.int64)
     for start in range(0, len(images), step):
-        x = images[start : start + step].reshape(-1, c).astype(np.float64)
-        x /= 255.0
-        total += x.sum(0)
-        sq += np.square(x, out=x).sum(0)
-        n += len(x)
+        block = np.ascontiguousarray(images[start : start + step]).reshape(-1, c)
+        for ch in range(c):
+            counts[ch] += np.bincount(block[:, ch], minlength=256)
         release_pages(images)
-    mean = total / n
-    std = np.sqrt(np.maximum(sq / n - mean * mean, 1e-12))
+    values = np.arange(256) / 255.0
+    n = counts.sum(1)
+    mean = counts @ values / n
+    std = np.sqrt(np.maximum(counts @ (values * values) / n - mean * mean, 1e-12))
     return mean.round(6).tolist(), std.round(6).tolist()
 
 
@@ -231,13 +245,14 @@ def _load(manifest: dict, raw_dir: Path, params: DataParams, scratch: Path):
             raise ClassiflowError(f"data.group_by: {manifest['name']} is a built-in data set with no file paths")
         return (*_load_builtin(manifest["name"], raw_dir, params.image_size), [])
     if manifest["kind"] == "folder":
-        return _load_tree(raw_dir / manifest["path"], params, scratch)
-    tree = scratch / "extracted"
-    archive.extract(raw_dir / manifest["path"], tree)
-    try:
-        return _load_tree(tree, params, scratch)
-    finally:
-        shutil.rmtree(tree, ignore_errors=True)
+        root = raw_dir / manifest["path"]
+        tree = imagefolder.scan(root)
+        return _load_tree(tree, lambda rows: ((*rows[p], root / p) for p in rows), params, scratch)
+    path = raw_dir / manifest["path"]
+    listing = archive.list_members(path)
+    tree = scan_names(listing.files, listing.dirs, path.name)
+    members = lambda rows: ((*rows[n], data) for n, data in archive.read_files(path, set(rows), listing.links))  # noqa: E731
+    return _load_tree(tree, members, params, scratch)
 
 
 def prepare(raw_dir: Path, out_dir: Path, params: DataParams) -> dict:
