@@ -85,7 +85,10 @@ class AugmentParams(_Section):
 class TrainParams(_Section):
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(1.5, gt=0.0)
-    momentum: float = Field(0.85, ge=0.0, lt=1.0)
+    momentum: float = Field(0.85, ge=0.0, lt=1.0)  # sgd; under onecycle with momentum_cycle, its value at the peak rate
+    # onecycle and sgd: momentum rises to this value where the rate is low (start and end), as OneCycle's authors
+    # do; null keeps train.momentum fixed all run (as airbench does)
+    momentum_cycle: float | None = Field(0.95, gt=0.0, lt=1.0)
     nesterov: bool = True
     weight_decay: float = Field(0.0013, ge=0.0)  # on weights only, never on norm gains or biases
     bias_lr_scale: float = Field(16.0, gt=0.0)  # lr multiplier for norm and bias parameters
@@ -133,6 +136,15 @@ class TrainParams(_Section):
     def micro_batch_count(self) -> int:
         """Parts of each global batch: ``micro_batches``, or one per process."""
         return self.micro_batches or self.world_size
+
+    @model_validator(mode="after")
+    def _momentum_cycles_upward(self) -> TrainParams:
+        if self.scheduler == "onecycle" and self.momentum_cycle is not None and self.momentum_cycle < self.momentum:
+            raise ValueError(
+                f"train.momentum_cycle {self.momentum_cycle} is below train.momentum {self.momentum}: the cycle "
+                "raises momentum where the rate is low; set it higher or null (momentum fixed)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _world_fits(self) -> TrainParams:

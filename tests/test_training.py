@@ -213,3 +213,26 @@ def test_onecycle_takes_runs_of_a_few_steps(steps, warmup):
         scheduler.step()
         lrs.append(optimizer.param_groups[0]["lr"])
     assert all(0.0 < lr <= cfg.lr * 1.0001 for lr in lrs)
+
+
+@pytest.mark.parametrize("cycle", [None, 0.97])
+def test_momentum_means_what_it_says_under_onecycle(cycle):
+    """train.momentum is the momentum at the peak rate; OneCycle raises it to momentum_cycle only when set."""
+    cfg = TrainParams(scheduler="onecycle", momentum=0.9, momentum_cycle=cycle, epochs=2, lr=0.1, warmup_epochs=0.5)
+    optimizer = make_optimizer(torch.nn.Linear(3, 2), cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=10)
+    seen = []
+    for _ in range(20):
+        seen.append((optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["momentum"]))
+        optimizer.step()
+        scheduler.step()
+    at_peak = max(seen)[1]
+    assert at_peak == pytest.approx(0.9)
+    assert max(m for _, m in seen) == pytest.approx(cycle or 0.9, abs=1e-3 if cycle else 0)
+    assert min(m for _, m in seen) == pytest.approx(0.9)
+
+
+def test_a_momentum_cycle_below_momentum_is_refused():
+    with pytest.raises(ValueError, match="momentum_cycle 0.8 is below train.momentum 0.9"):
+        TrainParams(scheduler="onecycle", momentum=0.9, momentum_cycle=0.8)
+    assert TrainParams(scheduler="step", momentum=0.97).momentum == 0.97

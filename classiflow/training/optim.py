@@ -1,7 +1,8 @@
 """Optimiser, learning-rate schedule and weight averaging, built from ``train`` params.
 
 Schedules are stepped once per batch so that cosine warm-up and OneCycle are smooth; StepLR
-keeps the article's per-epoch meaning by counting whole epochs of steps.
+keeps the article's per-epoch meaning by counting whole epochs of steps. ``train.momentum`` is the
+momentum under every schedule: OneCycle only cycles it (up to ``train.momentum_cycle``) when asked.
 """
 
 from __future__ import annotations
@@ -67,12 +68,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainParams, steps_per
         rise = min(max(rise, 0.01), 0.99)
         if abs(rise * total - 1.0) < 1e-9:  # a rise of exactly one step has zero length: OneCycleLR divides by it
             rise = 1.5 / total
+        cycles = cfg.optimizer == "sgd" and cfg.momentum > 0 and cfg.momentum_cycle is not None
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=[group["lr"] for group in optimizer.param_groups],
             total_steps=total,
             pct_start=rise,
-            cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0,
+            cycle_momentum=cycles,
+            base_momentum=cfg.momentum,
+            max_momentum=cfg.momentum_cycle or cfg.momentum,
         )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
 
