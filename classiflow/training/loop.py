@@ -25,7 +25,7 @@ from classiflow.data.prepared import PreparedData
 from classiflow.progress import task_progress
 from classiflow.tensors import Normalizer, predict_logits, to_nchw
 from classiflow.training import distributed
-from classiflow.training.device import seed_everything, select_device
+from classiflow.training.device import resolve_precision, seed_everything, select_device
 from classiflow.training.distributed import SINGLE, World
 from classiflow.training.epoch import Batches, train_one_epoch
 from classiflow.training.finetune import freeze_backbone
@@ -141,7 +141,7 @@ def _new_state(model: nn.Module, cfg: TrainParams, steps_per_epoch: int, augment
         model=model,
         optimizer=optimizer,
         scheduler=make_scheduler(optimizer, cfg, steps_per_epoch),
-        scaler=torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
+        scaler=torch.amp.GradScaler(device.type, enabled=resolve_precision(device, cfg.precision) == "fp16"),
         ema=make_ema(model, cfg.ema),
         generators={
             "order": torch.Generator().manual_seed(cfg.seed),
