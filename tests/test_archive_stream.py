@@ -110,3 +110,18 @@ def test_an_oversized_member_is_skipped_unread(tmp_path, monkeypatch):
     meta = _prepared(tmp_path, path, "archive")
     assert [s["file"] for s in meta["skipped"]] == ["circle/huge.png"]
     assert "too large" in meta["skipped"][0]["reason"]
+
+
+def test_an_archive_changed_after_its_listing_is_an_error(tmp_path, monkeypatch):
+    folder = write_image_folder(tmp_path / "ds", per_class=5)
+    path = tmp_path / "ds.tar"
+    with tarfile.open(path, "w") as tf:
+        tf.add(folder, arcname="ds")
+    download(str(path), tmp_path / "raw")
+    real = read_files
+    monkeypatch.setattr(
+        "classiflow.data.archive.read_files", lambda *a: (m for m in real(*a) if not m[0].endswith("0001.png"))
+    )
+    with pytest.raises(ClassiflowError, match="3 of 15 listed files did not arrive"):
+        prepare(tmp_path / "raw", tmp_path / "prepared", DataParams(**PARAMS))
+    assert not (tmp_path / "prepared").exists()

@@ -25,6 +25,7 @@ from classiflow.cpu import usable_cores
 from classiflow.data.mapped import release_pages
 from classiflow.data.resize import fit_square
 from classiflow.data.tree import Tree, scan_names
+from classiflow.errors import ClassiflowError
 from classiflow.progress import task_progress
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
@@ -105,9 +106,8 @@ def decode_image(path: Path, size: int, resize: str = "squash") -> tuple[np.ndar
 
 
 Decode = tuple[np.ndarray | None, bool, str | None, tuple[int, int]]  # pixels, gray, error, source size
-Item = tuple[
-    str, int, str, "Path | bytes | None"
-]  # split, row, name in reports, the file or its content (None: too big)
+# split, row, name in reports, and the file or its content (None: too large to read)
+Item = tuple[str, int, str, "Path | bytes | None"]
 
 
 def _decode_one(source: Path | bytes | None, size: int, resize: str) -> tuple[np.ndarray, bool, tuple[int, int]]:
@@ -172,9 +172,11 @@ def decode_splits(
         for k, o in outs.items()
     }
     failed: dict[str, list] = {k: [] for k in outs}
+    arrived = 0
     with task_progress() as progress:
         task = progress.add_task("decode", total=sum(len(o) for o in outs.values()), status="")
         for decoded in _run(((chunk, size, resize) for chunk in _chunks(items)), workers):
+            arrived += len(decoded)
             for split, row, name, (arr, is_gray, error, dims) in decoded:
                 if error is not None:
                     failed[split].append((row, {"file": name, "reason": error}))
@@ -184,6 +186,11 @@ def decode_splits(
             for out in outs.values():
                 release_pages(out)
             progress.update(task, advance=len(decoded), status=f"{sum(map(len, failed.values()))} skipped")
+    expected = sum(len(o) for o in outs.values())
+    if arrived != expected:
+        raise ClassiflowError(
+            f"{expected - arrived} of {expected} listed files did not arrive when read (the source changed?)"
+        )
     for split, rows in failed.items():
         found[split].skipped = [item for _, item in sorted(rows, key=lambda r: r[0])]
     return found

@@ -251,7 +251,10 @@ def _load(manifest: dict, raw_dir: Path, params: DataParams, scratch: Path):
     path = raw_dir / manifest["path"]
     listing = archive.list_members(path)
     tree = scan_names(listing.files, listing.dirs, path.name)
-    members = lambda rows: ((*rows[n], data) for n, data in archive.read_files(path, set(rows), listing.links))  # noqa: E731
+
+    def members(rows: dict[str, tuple[str, int, str]]) -> Iterable[Item]:
+        return ((*rows[name], data) for name, data in archive.read_files(path, set(rows), listing.links))
+
     return _load_tree(tree, members, params, scratch)
 
 
