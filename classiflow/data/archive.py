@@ -10,7 +10,7 @@ from __future__ import annotations
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from classiflow.errors import ClassiflowError
@@ -41,7 +41,7 @@ class Listing:
     files: list[str]  # regular files and links to them, normalised POSIX names
     dirs: list[str]
     members: int  # every member, links and directories included
-    links: dict[str, str] = field(default_factory=dict)  # link -> the regular file it names
+    links: dict[str, str]  # link -> the regular file it names
 
 
 def _link_target(m: tarfile.TarInfo) -> str:

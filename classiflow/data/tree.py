@@ -8,7 +8,6 @@ however it arrives.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 
 from classiflow.errors import ClassiflowError
 
@@ -48,21 +47,21 @@ class _Node:
         return sorted(f for f in self.files if not f.startswith("."))
 
     def all_files(self, prefix: str) -> list[str]:
-        """Every file below, at any depth, but hidden ones; sorted as ``pathlib`` sorts paths (part by part)."""
+        """Every file below, at any depth, but hidden ones (unsorted)."""
         found = [f"{prefix}/{f}" for f in self.files if not f.startswith(".")]
         for name, node in self.dirs.items():
             found += node.all_files(f"{prefix}/{name}")
-        return sorted(found, key=lambda p: p.split("/"))
+        return found
 
 
 def _build(files: list[str], dirs: list[str]) -> _Node:
     top = _Node()
     for name in dirs:
         node = top
-        for part in PurePosixPath(name).parts:
+        for part in name.split("/"):
             node = node.child(part)
     for name in files:
-        *folders, base = PurePosixPath(name).parts
+        *folders, base = name.split("/")
         node = top
         for part in folders:
             node = node.child(part)
@@ -86,7 +85,7 @@ def _unwrap(node: _Node, prefix: str) -> tuple[_Node, str]:
 def _class_files(node: _Node, prefix: str, where: str) -> dict[str, list[str]]:
     classes = {}
     for name in node.visible_dirs():
-        files = node.dirs[name].all_files(_join(prefix, name))
+        files = sorted(node.dirs[name].all_files(_join(prefix, name)), key=lambda p: p.split("/"))  # as pathlib sorts
         if not files:
             raise ClassiflowError(f"class folder {_join(where, _join(prefix, name))} holds no images")
         classes[name] = files
@@ -94,7 +93,7 @@ def _class_files(node: _Node, prefix: str, where: str) -> dict[str, list[str]]:
 
 
 def scan_names(files: list[str], dirs: list[str], where: str) -> Tree:
-    """Classes and splits of a listing (``files`` and ``dirs``: relative POSIX names; ``where`` names it in
+    """Classes and splits of a listing (``files`` and ``dirs``: normalised relative POSIX names; ``where`` names it in
     errors). Raises ``ClassiflowError`` for a layout that is no classification data set."""
     node, root = _unwrap(_build(files, dirs), "")
     splits = {SPLIT_NAMES[d.lower()]: d for d in node.visible_dirs() if d.lower() in SPLIT_NAMES}

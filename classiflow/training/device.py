@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 
 import numpy as np
@@ -30,9 +31,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@functools.cache
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX). Without them oneDNN emulates it, 10-20x
-    slower than fp32 (measured on a Zen 3); with AMX, FastNet's training step runs 2.2-2.7x faster in bf16."""
+    slower than fp32 (measured on a Zen 3); with AMX, the quick recipe trained 2.1x faster (docs/benchmarks.md).
+    Cached: autocast asks at every step."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
