@@ -56,6 +56,11 @@ def _prepare(src: Path) -> tuple[float, str]:
     return float(seconds), digest
 
 
+def _commit(src: Path) -> str:
+    out = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "not a git checkout"
+
+
 def _bare_read() -> float:
     start = time.perf_counter()
     with tarfile.open(ARCHIVE, "r|*") as tf:
@@ -73,7 +78,9 @@ def main() -> None:
     args = ap.parse_args()
     if not ARCHIVE.exists():
         sys.exit(f"{ARCHIVE} is absent")
-    arms = {"this checkout": REPO} | ({f"baseline ({args.baseline.name})": args.baseline} if args.baseline else {})
+    arms = {f"this checkout ({_commit(REPO)})": REPO} | (
+        {f"commit {_commit(args.baseline)}": args.baseline} if args.baseline else {}
+    )
     times: dict[str, list[float]] = {k: [] for k in arms}
     hashes = set()
     for _ in range(args.repeats):  # alternating, so that drift of the machine's speed hits every arm alike
@@ -82,11 +89,14 @@ def main() -> None:
             times[name].append(seconds)
             hashes.add(digest)
     bare = statistics.median(_bare_read() for _ in range(args.repeats))
-    ours = statistics.median(times["this checkout"])
+    ours = statistics.median(next(iter(times.values())))
     rows = [f"| {k} | {statistics.median(v):.1f} | {', '.join(f'{x:.1f}' for x in v)} |" for k, v in times.items()]
+    command = f"python benchmarks/prepare.py --repeats {args.repeats}" + (
+        " --baseline <checkout>" if args.baseline else ""
+    )
     markdown = f"""## Prepare: CIFAR-10 from its archive (`benchmarks/prepare.py`)
 
-`python benchmarks/prepare.py --repeats {args.repeats}` on {machine()}: `prepare()` of the shared
+`{command}` on {machine()}: `prepare()` of the shared
 CIFAR-10 JPEG archive (60,000 images; decode, split, write, statistics, sanity report), each in a
 fresh process. A bare sequential read of every member (gunzip and tar headers only) takes
 {bare:.1f} s, so the stage is {ours / bare:.1f}x that ceiling of one pass. Data hashes of all runs
