@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from classiflow.atomic import read_json
 from classiflow.checkpoint import load_checkpoint
-from classiflow.config import DataParams
+from classiflow.config import DataParams, TrainParams
 from classiflow.data.download import download
 from classiflow.data.prepare import prepare
 from classiflow.errors import ClassiflowError
@@ -103,7 +103,7 @@ def test_structured_pruning_shrinks_the_model_and_round_trips_safely(name, tmp_p
         out = model.eval()(x)
     assert out.shape == (2, 10) and torch.isfinite(out).all()
     if name == "fastnet":
-        assert model.whiten.weight.shape == original.whiten.weight.shape
+        assert model.whiten.weight.shape[0] == model.groups[0].conv1.weight.shape[1] == 12
         assert not model.whiten.weight.requires_grad and not model.groups[0].norm1.weight.requires_grad
 
     path = tmp_path / "pruned.pt"
@@ -115,6 +115,19 @@ def test_structured_pruning_shrinks_the_model_and_round_trips_safely(name, tmp_p
         assert torch.equal(loaded(x), out)
     if name == "fastnet":
         assert not loaded.whiten.weight.requires_grad
+
+
+def test_a_frozen_layers_channels_are_ranked_by_the_learned_layer_that_reads_them():
+    model = build_model(**_spec("fastnet", 16)).eval()
+    with torch.no_grad():
+        model.whiten.weight.normal_()
+        model.whiten.weight[1::2] *= 1000.0  # the largest frozen filters...
+        model.groups[0].conv1.weight[:, 1::2] = 0.0  # ...are the ones the next conv ignores
+    kept = model.whiten.weight.clone()[0::2]
+    structured(model, 0.5, torch.randn(1, 3, 16, 16))
+    assert torch.equal(model.whiten.weight, kept)
+    model.data_init(torch.randn(8, 3, 16, 16))  # fine-tuning's fit calls it: the kept subset must stay
+    assert torch.equal(model.whiten.weight, kept)
 
 
 def test_unstructured_models_save_as_plain_weights(tmp_path):
@@ -210,3 +223,10 @@ def test_a_pruned_model_over_the_accuracy_budget_is_rejected():
     assert prune_stage.verdict("structured", 0.4, 1.0)[0] == "accepted"
     assert prune_stage.verdict("structured", -0.2, 0.0)[0] == "accepted"  # a pruned model may gain
     assert prune_stage.verdict("none", 0.0, 1.0)[0] == "none"
+
+
+def test_the_finetuning_rate_follows_the_optimisers_scale_unless_given():
+    sgd, adamw = TrainParams(lr=1.5), TrainParams(optimizer="adamw", lr=0.002)
+    assert prune_stage.finetune_config(sgd, PruneParams()).lr == pytest.approx(0.5)
+    assert prune_stage.finetune_config(adamw, PruneParams()).lr == pytest.approx(0.002 / 3)
+    assert prune_stage.finetune_config(adamw, PruneParams(finetune_lr=0.01)).lr == 0.01

@@ -124,12 +124,15 @@ class FastNet(nn.Module):
         The filters are the eigenvectors of the (uncentred) patch covariance scaled by 1/sqrt(eigenvalue + eps),
         so the layer's outputs are decorrelated with unit variance, plus their negatives so that the GELU after it
         loses no information. Computed in float64 on the CPU, in chunks, so it works for any device and dtype.
+        A layer whose filters were pruned keeps them: the next conv was fine-tuned on that subset.
         """
         weight = self.whiten.weight
         channels = weight.shape[1]
         if images.ndim != 4 or images.shape[1] != channels:
             raise ValueError(f"data_init wants N, {channels}, H, W images, got shape {tuple(images.shape)}")
         dim = channels * WHITEN_KERNEL**2
+        if weight.shape[0] != 2 * dim:
+            return
         cov = torch.zeros(dim, dim, dtype=torch.float64)
         count = 0
         for chunk in images.split(512):

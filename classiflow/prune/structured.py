@@ -12,17 +12,34 @@ from collections.abc import Iterator
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch_pruning.dependency.group import Group
 
 from classiflow.errors import ClassiflowError
 from classiflow.prune.unstructured import check_amount, classifier
 
 
-def _ignored(model: nn.Module) -> list[nn.Module]:
-    """The classifier (its outputs are the classes) and frozen layers (fastnet's whitening is data-derived)."""
-    modules = dict(model.named_modules())
-    ignored = [modules[classifier(model)]]
-    ignored += [m for m in modules.values() if isinstance(m, nn.Conv2d | nn.Linear) and not m.weight.requires_grad]
-    return ignored
+def _learned(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return not isinstance(weight, torch.Tensor) or weight.requires_grad
+
+
+class LearnedMagnitude(tp.importance.GroupMagnitudeImportance):
+    """L1 magnitude over the learned layers of a channel group only.
+
+    A frozen layer's weights were set, not learned: fastnet's whitening filters are the data's
+    eigenvectors scaled by 1/sqrt(eigenvalue), largest for the noisiest directions, and its norm
+    layers' scales are fixed at 1. Their size says nothing about which channels the network uses;
+    the next learned layer's input weights do. A group with no learned layer keeps plain magnitude.
+    """
+
+    def __init__(self):
+        super().__init__(p=1)
+
+    def __call__(self, group: Group) -> torch.Tensor:
+        learned = Group()
+        learned._DG = group._DG
+        learned._group = [item for item in group.items if _learned(item.dep.layer)]
+        return super().__call__(learned if learned.items else group)
 
 
 def check_structured(model: nn.Module) -> None:
@@ -36,6 +53,10 @@ def check_structured(model: nn.Module) -> None:
 def structured_steps(model: nn.Module, amount: float, example_inputs: torch.Tensor, steps: int = 1) -> Iterator[int]:
     """Remove ``amount`` of every layer's channels (smallest L1 norm first) in ``steps`` equal increments.
 
+    Frozen layers are pruned too (ranked by the learned layers that read them): fastnet's 24-channel
+    whitening conv runs at full resolution, and kept whole it bounded the batch-1 speed-up of
+    half the channels at 1.25x (ONNX Runtime, 2 threads; 1.5x with it pruned).
+
     A generator, pruning the model in place before each yield, so the caller can fine-tune
     between increments while one pruner keeps the original widths its targets refer to.
     """
@@ -46,10 +67,10 @@ def structured_steps(model: nn.Module, amount: float, example_inputs: torch.Tens
     pruner = tp.pruner.BasePruner(
         model,
         example_inputs.cpu(),
-        importance=tp.importance.MagnitudeImportance(p=1),
+        importance=LearnedMagnitude(),
         pruning_ratio=amount,
         iterative_steps=steps,
-        ignored_layers=_ignored(model),
+        ignored_layers=[dict(model.named_modules())[classifier(model)]],  # its outputs are the classes
     )
     for step in range(1, steps + 1):
         model.cpu().eval()

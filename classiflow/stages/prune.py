@@ -23,7 +23,7 @@ from classiflow.config import Params, TrainParams
 from classiflow.data.prepared import PreparedData, load_prepared
 from classiflow.layout import Layout
 from classiflow.prune.measure import accuracy, compressed_size, count_nonzero, count_parameters, file_size, latency_ms
-from classiflow.prune.params import PruneParams
+from classiflow.prune.params import FINETUNE_LR_SHARE, PruneParams
 from classiflow.prune.saving import save_pruned
 from classiflow.prune.schedule import prune_steps
 from classiflow.prune.structured import check_structured
@@ -41,7 +41,8 @@ HEADLINE = ("test_accuracy_after", "accuracy_drop_points", "speedup", "params_af
 
 
 def finetune_config(train: TrainParams, prune: PruneParams) -> TrainParams:
-    """The train section with the fine-tuning schedule: a short cosine from ``finetune_lr``.
+    """The train section with the fine-tuning schedule: a short cosine from ``finetune_lr``
+    (by default a share of ``train.lr``, so that an AdamW recipe is not fine-tuned at an SGD rate).
 
     Warm-up and early stopping are off: the weights are already trained, and a run of one or two
     epochs has no room for either. Resuming is off because the pruned shapes change every step.
@@ -51,7 +52,7 @@ def finetune_config(train: TrainParams, prune: PruneParams) -> TrainParams:
         update={
             "epochs": prune.finetune_epochs,
             "min_steps": 0,
-            "lr": prune.finetune_lr,
+            "lr": prune.finetune_lr or train.lr * FINETUNE_LR_SHARE,
             "scheduler": "cosine",
             "warmup_epochs": 0.0,
             "early_stopping": None,
@@ -131,6 +132,7 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
         "amount": pp.amount,
         "steps": pp.steps,
         "finetune_epochs": pp.finetune_epochs if finetune else 0,
+        "finetune_lr": cfg.lr if finetune else None,
         "status": status,
         "reason": reason,
     }
