@@ -1,6 +1,8 @@
 """One epoch of training: the global batches of the epoch, each augmented once and split into micro-batches, of
 which this process trains its share (all of them when it is the only one), then one optimiser step.
 
+The phases are marked for torch.profiler (``classiflow.batch``, ``.forward``, ``.backward``, ``.optimizer``;
+``.validate`` in the loop), so a profile of a run says where its time goes (``benchmarks/profile_step.py``).
 With one process and one micro-batch this is the plain loop; several micro-batches are gradient accumulation, each
 normalised on its own; several processes (``classiflow.training.distributed``) split the micro-batches between them.
 """
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from classiflow.config import TrainParams
 from classiflow.data.mapped import release_pages
@@ -79,7 +82,9 @@ def train_one_epoch(
     mine = parts[distributed.my_share(len(parts), world)]
     sync_norms = world.distributed and device.type != "cuda"
     for step in range(batches.steps_per_epoch):
-        xb, target, yb = _global_batch(order[step * size : (step + 1) * size], x_src, y_src, batches, augment, state)
+        idx = order[step * size : (step + 1) * size]
+        with record_function("classiflow.batch"):
+            xb, target, yb = _global_batch(idx, x_src, y_src, batches, augment, state)
         if batches.mapped and step % RELEASE_EVERY == RELEASE_EVERY - 1:
             batches.release()
         before = distributed.norm_statistics(state.model) if sync_norms else None
@@ -87,15 +92,18 @@ def train_one_epoch(
         for j, (lo, hi) in enumerate(mine):
             last = j == len(mine) - 1
             with contextlib.nullcontext() if last or not world.distributed else train_model.no_sync():
-                with autocast(device, cfg.precision):
-                    out = train_model(xb[lo:hi])
-                loss = F.cross_entropy(
-                    out.float(), target[lo:hi], batches.loss_weights, label_smoothing=cfg.label_smoothing
-                )
-                state.scaler.scale(loss * ((hi - lo) * world.size / size)).backward()
+                with record_function("classiflow.forward"):
+                    with autocast(device, cfg.precision):
+                        out = train_model(xb[lo:hi])
+                    loss = F.cross_entropy(
+                        out.float(), target[lo:hi], batches.loss_weights, label_smoothing=cfg.label_smoothing
+                    )
+                with record_function("classiflow.backward"):
+                    state.scaler.scale(loss * ((hi - lo) * world.size / size)).backward()
             loss_sum += loss.detach() * (hi - lo)
             correct += (out.detach().argmax(1) == yb[lo:hi]).sum()
-        _step(state, cfg.grad_clip)
+        with record_function("classiflow.optimizer"):
+            _step(state, cfg.grad_clip)
         if before is not None:
             distributed.sync_norm_statistics(state.model, before, len(mine), world)
         if step % PROGRESS_EVERY == PROGRESS_EVERY - 1:

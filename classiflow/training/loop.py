@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from classiflow.config import TrainParams
 from classiflow.cpu import usable_cores
@@ -225,7 +226,8 @@ def _epoch(state: TrainState, compiled, batches: Batches, augment, cfg: TrainPar
     train_model = distributed.wrap(compiled, batches.device, world)
     trained = train_one_epoch(train_model, state, batches, augment, cfg, epoch, tick, world)
     eval_model = state.ema.module if state.ema is not None else model
-    scores = evaluate_split(eval_model, *batches.val, batches.normalizer, batches.device, world=world)
+    with record_function("classiflow.validate"):
+        scores = evaluate_split(eval_model, *batches.val, batches.normalizer, batches.device, world=world)
     batches.release()
     first = {key: trained.pop(key) for key in ("train_loss", "train_accuracy")}
     stats = {"epoch": epoch, **first, **scores, **trained}
