@@ -54,8 +54,8 @@ def structured_steps(model: nn.Module, amount: float, example_inputs: torch.Tens
     """Remove ``amount`` of every layer's channels (smallest L1 norm first) in ``steps`` equal increments.
 
     Frozen layers are pruned too (ranked by the learned layers that read them): fastnet's 24-channel
-    whitening conv runs at full resolution, and kept whole it bounded the batch-1 speed-up of
-    half the channels at 1.25x (ONNX Runtime, 2 threads; 1.5x with it pruned).
+    whitening feeds a conv at full resolution, and kept whole it held the batch-1 speed-up of half
+    the channels to 1.26x (ONNX Runtime, 2 threads; 1.55x with it pruned, docs/benchmarks.md).
 
     A generator, pruning the model in place before each yield, so the caller can fine-tune
     between increments while one pruner keeps the original widths its targets refer to.
