@@ -98,18 +98,11 @@ def ort_latency(root: Path) -> tuple[float, float]:
 
     export = root / "models" / "export"
     predict = [runtime.onnxruntime(export / name, 2) for name in ("model.onnx", "pruned.onnx")]
-    image = runtime.pixels(np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8))
+    image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
     rounds: list[list[float]] = [[], []]
     for _ in range(ROUNDS):
         for i, run in enumerate(predict):
-            for _ in range(runtime.WARMUP):
-                run(image)
-            times = []
-            for _ in range(CALLS):
-                start = time.perf_counter()
-                run(image)
-                times.append(time.perf_counter() - start)
-            rounds[i].append(1000 * statistics.median(times))
+            rounds[i].append(runtime.measure(run, image, CALLS, batch=1)["latency_ms_median"])
     return statistics.median(rounds[0]), statistics.median(rounds[1])
 
 

@@ -99,6 +99,15 @@ def test_bf16_autocast_and_channels_last_train_on_cpu():
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_a_run_records_what_auto_precision_resolved_to(monkeypatch, native):
+    from classiflow.training import device as dev
+
+    monkeypatch.setattr(dev, "native_bf16", lambda: native)
+    _, result = _fit(epochs=1, batch_size=16, lr=0.05, precision="auto")
+    assert result.precision == ("bf16" if native else "fp32")
+
+
 def test_fp16_on_cpu_is_a_clear_error():
     with pytest.raises(ClassiflowError, match="fp16"):
         autocast(torch.device("cpu"), "fp16")

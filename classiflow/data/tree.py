@@ -56,16 +56,18 @@ class _Node:
 
 def _build(files: list[str], dirs: list[str]) -> _Node:
     top = _Node()
+
+    def folder(parts: list[str]) -> _Node:
+        node = top
+        for part in parts:
+            node = node.child(part)
+        return node
+
     for name in dirs:
-        node = top
-        for part in name.split("/"):
-            node = node.child(part)
+        folder(name.split("/"))
     for name in files:
-        *folders, base = name.split("/")
-        node = top
-        for part in folders:
-            node = node.child(part)
-        node.files.append(base)
+        *parts, base = name.split("/")
+        folder(parts).files.append(base)
     return top
 
 

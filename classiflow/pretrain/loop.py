@@ -112,6 +112,7 @@ def pretrain(
     """Train ``model``'s encoder (the model less its classifier) with SimCLR on every image of ``images``."""
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
+    cfg = cfg.model_copy(update={"precision": resolve_precision(device, cfg.precision)})
     if device.type == "cpu":
         torch.set_num_threads(usable_cores())
     normalizer = Normalizer(mean, std).to(device)
@@ -124,7 +125,7 @@ def pretrain(
     if steps == 0 or batch < 2:
         raise ClassiflowError(f"pretrain: {len(x_all)} images cannot make a batch of two")
     opt, sched = _optimizer(net, cfg, steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=resolve_precision(device, cfg.precision) == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     generators = {name: torch.Generator().manual_seed(cfg.seed + i) for i, name in enumerate(("order", "views"))}
     state = _restore(resume, net, (opt, sched, scaler), generators)
     if state["epoch"]:

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-FINETUNE_LR_SHARE = 1 / 3  # on the defaults, 1/30 of train.lr lost 6.2 points, 1/3 lost 0.5 (docs/benchmarks.md)
+FINETUNE_LR_SHARE = 1 / 3  # 2 epochs of the defaults: 1/30 of train.lr lost 6.2 points, 1/3 lost 0.5 (docs)
 METHODS = ("none", "l1_unstructured", "global_unstructured", "structured")
 
 

@@ -55,7 +55,7 @@ def structured_steps(model: nn.Module, amount: float, example_inputs: torch.Tens
 
     Frozen layers are pruned too (ranked by the learned layers that read them): fastnet's 24-channel
     whitening feeds a conv at full resolution, and kept whole it held the batch-1 speed-up of half
-    the channels to 1.26x (ONNX Runtime, 2 threads; 1.55x with it pruned, docs/benchmarks.md).
+    the channels to 1.26x (ONNX Runtime, 2 threads; 1.58x with it pruned, docs/benchmarks.md).
 
     A generator, pruning the model in place before each yield, so the caller can fine-tune
     between increments while one pruner keeps the original widths its targets refer to.

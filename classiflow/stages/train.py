@@ -21,7 +21,6 @@ from classiflow.pretrain.made import encoder_spec
 from classiflow.stages.result import NO_REPORT, Report, StageResult, numbers
 from classiflow.stages.train_ranks import launch
 from classiflow.training import TrainResult, fit, seed_everything
-from classiflow.training.device import resolve_precision
 from classiflow.training.imbalance import check_class_weights
 from classiflow.training.loop import Inputs, Resume
 from classiflow.training.resume import fingerprint
@@ -193,8 +192,7 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     value = {**metrics, "device": result.device, "data_hash": data.data_hash}
     value["resumed_from_epoch"] = result.resumed_from_epoch
     headline = ("best_val_accuracy", "images_per_second", "train_seconds")
-    precision = resolve_precision(torch.device(result.device), params.train.precision)
-    tags = {"device": result.device, "data_hash": data.data_hash, "precision": precision}
+    tags = {"device": result.device, "data_hash": data.data_hash, "precision": result.precision}
     if pretrained:
         tags |= {f"pretrained_{k}": str(pretrained[k]) for k in ("source", "sha256", "license")}
     return StageResult(

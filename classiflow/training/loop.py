@@ -52,6 +52,7 @@ class TrainResult:
     resumed_from_epoch: int = 0
     world_size: int = 1
     micro_batches: int = 1
+    precision: str = "fp32"  # what train.precision resolved to on this device (``auto`` never)
 
 
 @dataclass
@@ -142,7 +143,7 @@ def _new_state(model: nn.Module, cfg: TrainParams, steps_per_epoch: int, augment
         model=model,
         optimizer=optimizer,
         scheduler=make_scheduler(optimizer, cfg, steps_per_epoch),
-        scaler=torch.amp.GradScaler(device.type, enabled=resolve_precision(device, cfg.precision) == "fp16"),
+        scaler=torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
         ema=make_ema(model, cfg.ema),
         generators={
             "order": torch.Generator().manual_seed(cfg.seed),
@@ -172,7 +173,8 @@ def fit(
     model = distributed.sync_norm_layers(model, device, world)
     batches = _batches(model, data, cfg, inputs, device)
     steps = batches.steps_per_epoch
-    cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, steps)})
+    precision = resolve_precision(device, cfg.precision)  # once per run: the scaler, autocast and the record agree
+    cfg = cfg.model_copy(update={"epochs": planned_epochs(cfg, steps), "precision": precision})
     state = _new_state(model, cfg, steps, inputs.augment_seed, device)
     saved = load_state(resume.path, resume.fingerprint) if resume and resume.enabled else None
     if saved is not None:
@@ -214,6 +216,7 @@ def fit(
         resumed_from_epoch=resumed_from,
         world_size=world.size,
         micro_batches=cfg.micro_batch_count,
+        precision=cfg.precision,
     )
 
 
