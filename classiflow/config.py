@@ -163,6 +163,8 @@ class EvaluateParams(_Section):
     # flip TTA (average the logits of each image and its mirror): auto chooses it on the validation split,
     # and only for a model trained with flips; the deployed files compute the same predictions
     tta: bool | Literal["auto"] = "auto"
+    # with TTA, also two copies shifted diagonally by N pixels and their mirrors (6 views, 3x the inference): 0 off
+    tta_shift: int = Field(0, ge=0, le=4)
     # temperature scaling fitted on validation (classiflow.calibration); served probabilities use it
     calibrate: bool = True
     explain: bool = True  # a Grad-CAM gallery of test mistakes and correct answers (classiflow.explain)

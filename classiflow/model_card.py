@@ -37,8 +37,9 @@ def _latency_table(export: dict) -> list[str]:
 
 def _accuracy_line(evaluation: dict[str, Any]) -> str:
     tta = evaluation.get("tta", {})
-    both = f"plain {_pct(evaluation.get('accuracy_plain'))}, flip TTA {_pct(evaluation.get('accuracy_tta'))}"
-    used = "with flip TTA, which the files compute" if tta.get("used") else "without TTA"
+    views = tta.get("views", "flip")
+    both = f"plain {_pct(evaluation.get('accuracy_plain'))}, {views} TTA {_pct(evaluation.get('accuracy_tta'))}"
+    used = f"with {views} TTA, which the files compute" if tta.get("used") else "without TTA"
     return (
         f"- **Test accuracy:** {_pct(evaluation['accuracy'])} ({used}; {both}; TTA choice: "
         f"{tta.get('reason', 'n/a')}), balanced accuracy {_pct(evaluation.get('balanced_accuracy'))}, macro F1 "

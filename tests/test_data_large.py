@@ -163,10 +163,10 @@ def test_large_images_are_predicted_in_smaller_batches_with_the_same_logits(monk
     normalizer = tensors.Normalizer([0.5] * 3, [0.25] * 3)
     seen = []
     model.register_forward_hook(lambda _m, args, _out: seen.append(len(args[0])))
-    whole, whole_mirrored = tensors.predict_views(model, images, normalizer, torch.device("cpu"), 64, True)
-    monkeypatch.setattr(tensors, "BATCH_VALUES", 10 * 3 * 16 * 16)
+    whole, whole_mirrored = tensors.predict_views(model, images, normalizer, torch.device("cpu"), 64, tensors.TTA())
+    monkeypatch.setattr(tensors, "BATCH_VALUES", 2 * 10 * 3 * 16 * 16)  # input values, mirrors counted
     seen.clear()
-    small, small_mirrored = tensors.predict_views(model, images, normalizer, torch.device("cpu"), 64, True)
+    small, small_mirrored = tensors.predict_views(model, images, normalizer, torch.device("cpu"), 64, tensors.TTA())
     assert seen == [20, 20, 20, 14]  # 10 images (and their mirrors) per batch
     assert torch.allclose(whole, small, atol=1e-5) and torch.allclose(whole_mirrored, small_mirrored, atol=1e-5)
     assert small.shape == (37, 4) and not torch.allclose(small, small_mirrored)

@@ -57,6 +57,33 @@ def test_tta_is_chosen_on_validation_and_only_for_flip_trained_models():
         choose_tta(True, False, 0.80, None)
 
 
+def test_shifted_tta_views_are_the_image_moved_diagonally_and_mirrored():
+    import torch
+
+    from classiflow.tensors import TTA
+
+    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).view(2, 3, 5, 6)
+    views = TTA(shift=1).inputs(x).view(6, 2, 3, 5, 6)
+    assert torch.equal(views[0], x) and torch.equal(views[3], x.flip(-1))
+    assert torch.equal(views[1][..., 1:, 1:], x[..., :-1, :-1])  # moved down and right
+    assert torch.equal(views[2][..., :-1, :-1], x[..., 1:, 1:])  # moved up and left
+    assert torch.equal(views[1][..., 0, 1:], x[..., 1, :-1])  # the edge is reflected, not zero
+    assert torch.equal(views[4], views[1].flip(-1)) and torch.equal(views[5], views[2].flip(-1))
+    assert TTA().inputs(x).shape[0] == 4 and TTA(2).inputs(x).shape == (12, 3, 5, 6)
+
+
+def test_tta_weighs_the_unshifted_pair_as_much_as_the_four_shifted_views():
+    import torch
+
+    from classiflow.tensors import TTA, mirror_average
+
+    per_view = torch.tensor([[8.0], [16.0], [0.0], [0.0], [0.0], [0.0]]).repeat_interleave(3, 0)  # 6 views x 3
+    assert torch.equal(TTA(shift=1).average(per_view, 3), torch.full((3, 1), 4.0))  # 8/4 + 16/8
+    logits = torch.randn(8, 5)
+    assert torch.equal(TTA().average(logits, 4), mirror_average(logits[:4], logits[4:]))
+    assert TTA().name == "flip" and TTA(1).name == "flip+shift1" and TTA(1).views == 6
+
+
 def test_comparison_shows_plain_and_tta_side_by_side(tmp_path):
     from classiflow.baseline.compare import write_comparison
 

@@ -262,24 +262,29 @@ def test_fp32_tolerance_scales_with_the_logits():
         check_fp32("f", np.array([[0.5, 0.25]]), np.array([[0.501, 0.25]]), 1e-4)
 
 
-def test_the_files_compute_the_tta_evaluate_chose(trained, tmp_path, monkeypatch):
+@pytest.mark.parametrize("shift", [0, 1])
+def test_the_files_compute_the_tta_evaluate_chose(trained, tmp_path, monkeypatch, shift):
     layout, params = trained
     evaluation = read_json(layout.eval_metrics)
     monkeypatch.chdir(tmp_path)  # ORT's shape inference, failing on a TTA graph, used to write files here
     try:
-        write_json(layout.eval_metrics, evaluation | {"tta": {**evaluation["tta"], "used": True}})
+        write_json(layout.eval_metrics, evaluation | {"tta": {**evaluation["tta"], "used": True, "shift": shift}})
         export_stage.export(layout, ExportParams(**FAST, formats=["onnx"], int8="both"))
     finally:
         write_json(layout.eval_metrics, evaluation)
     assert list(tmp_path.iterdir()) == []
-    assert read_json(layout.export_dir / "preprocessing.json")["tta"] == "flip"
+    assert read_json(layout.export_dir / "preprocessing.json")["tta"] == ("flip+shift1" if shift else "flip")
     net, ckpt = load_checkpoint(layout.model)
     x = runtime.pixels(_images(6, seed=7)[0])
     plain = WithPreprocessing(net, ckpt["mean"], ckpt["std"]).eval()
     with torch.no_grad():
         t = torch.from_numpy(x)
-        expected = mirror_average(plain(t), plain(t.flip(-1))).numpy()
-    np.testing.assert_allclose(_onnx(layout.export_dir / "model.onnx", x), expected, atol=1e-4, rtol=0)
+        expected = mirror_average(plain(t), plain(t.flip(-1)))
+        if shift:  # airbench94's mirror+translate views, written out
+            padded = torch.nn.functional.pad(t, (1, 1, 1, 1), mode="reflect")
+            moved = [padded[..., :SIZE, :SIZE], padded[..., 2:, 2:]]
+            expected = expected / 2 + sum(mirror_average(plain(m), plain(m.flip(-1))) for m in moved) / 4
+    np.testing.assert_allclose(_onnx(layout.export_dir / "model.onnx", x), expected.numpy(), atol=1e-4, rtol=0)
 
 
 def test_a_rejected_pruned_model_is_neither_exported_nor_listed(trained):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from classiflow.cpu import usable_cores
-from classiflow.tensors import Normalizer, predict_logits
+from classiflow.tensors import TTA, Normalizer, predict_logits
 
 WARMUP = 5
 
@@ -71,10 +71,10 @@ def accuracy(
     std: list[float],
     device: torch.device,
     batch_size: int = 512,
-    tta: bool = False,
+    tta: TTA | None = None,
 ) -> float:
     """Top-1 accuracy on N,C,H,W uint8 images, through the same predict_logits the evaluate stage uses
-    (with ``tta``, the flip averaging evaluate chose, so the unpruned figure is evaluate's)."""
+    (with ``tta``, the test-time augmentation evaluate chose, so the unpruned figure is evaluate's)."""
     model.to(device)
     logits = predict_logits(model, images, Normalizer(mean, std).to(device), device, batch_size, tta)
     return float((logits.argmax(1).numpy() == labels).mean()) if len(labels) else 0.0

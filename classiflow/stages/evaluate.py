@@ -1,7 +1,8 @@
 """Evaluate stage: the trained model on the held-out test split, never on training data.
 
-Flip test-time augmentation is decided here, on the validation split, and only for a model that was trained
-on mirrored images (a digit never seen mirrored is not recognised better by averaging in its mirror image).
+Flip test-time augmentation (with ``evaluate.tta_shift``, also two shifted views and their mirrors) is decided
+here, on the validation split, and only for a model that was trained on mirrored images (a digit never seen
+mirrored is not recognised better by averaging in its mirror image).
 The headline accuracy is that of the chosen predictions, which the export stage builds into every deployed
 file, so evaluate, the registry, the promotion gate and serving all score the same predictions; plain and
 TTA accuracy are reported side by side. A softmax temperature is fitted on the validation split's chosen
@@ -28,12 +29,14 @@ from classiflow.explain import gallery, grad_cam, plot_gallery, plot_note
 from classiflow.layout import Layout
 from classiflow.operating import check_normal, choose, met, summarize
 from classiflow.stages.result import NO_REPORT, Report, StageResult
-from classiflow.tensors import Normalizer, mirror_average, predict_views, to_nchw
+from classiflow.tensors import TTA, Normalizer, predict_views, to_nchw, tta_name
 from classiflow.training import select_device
 
 
-def choose_tta(mode: bool | str, flip_trained: bool, val_plain: float, val_tta: float | None) -> tuple[bool, str]:
-    """``evaluate.tta`` (auto, true, false) -> (use flip TTA, why)."""
+def choose_tta(
+    mode: bool | str, flip_trained: bool, val_plain: float, val_tta: float | None, name: str = "flip"
+) -> tuple[bool, str]:
+    """``evaluate.tta`` (auto, true, false) -> (use TTA, why); ``name`` names its views."""
     if mode is False:
         return False, "evaluate.tta is false"
     if not flip_trained:
@@ -46,15 +49,21 @@ def choose_tta(mode: bool | str, flip_trained: bool, val_plain: float, val_tta: 
     if mode is True:
         return True, "evaluate.tta is true"
     if val_tta is not None and val_tta > val_plain:
-        return True, f"validation accuracy {val_tta:.2%} with flip TTA vs {val_plain:.2%} without"
-    return False, f"flip TTA does not help on validation ({val_tta:.2%} vs {val_plain:.2%} without)"
+        return True, f"validation accuracy {val_tta:.2%} with {name} TTA vs {val_plain:.2%} without"
+    return False, f"{name} TTA does not help on validation ({val_tta:.2%} vs {val_plain:.2%} without)"
 
 
-def tta_used(layout: Layout) -> bool:
+def tta_of(metrics: dict) -> TTA | None:
+    """The test-time augmentation recorded in evaluate's metrics (None: plain predictions)."""
+    tta = metrics.get("tta", {})
+    return TTA(tta.get("shift", 0)) if tta.get("used") else None
+
+
+def tta_used(layout: Layout) -> TTA | None:
     """The choice evaluate made, for the stages that deploy or re-score the model."""
     if not layout.eval_metrics.exists():
         raise ClassiflowError(f"{layout.eval_metrics}: missing; run the evaluate stage first")
-    return bool(read_json(layout.eval_metrics).get("tta", {}).get("used", False))
+    return tta_of(read_json(layout.eval_metrics))
 
 
 def temperature(layout: Layout) -> float:
@@ -122,35 +131,38 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     model.to(device)
     normalizer = Normalizer(ckpt["mean"], ckpt["std"]).to(device)
     flip_trained, batch = trained_with_flip(ckpt), params.evaluate.batch_size
+    tta = TTA(params.evaluate.tta_shift) if flip_trained else None
     views = {}
     start = time.perf_counter()
     for split in ("val", "test"):
-        plain, mirrored = predict_views(model, to_nchw(data.images[split]), normalizer, device, batch, flip_trained)
-        views[split] = (plain, mirror_average(plain, mirrored) if flip_trained else None)
+        views[split] = predict_views(model, to_nchw(data.images[split]), normalizer, device, batch, tta)
     seconds = time.perf_counter() - start
     labels = {split: torch.from_numpy(data.labels[split]) for split in views}
     scores = {
         split: [None if v is None else _accuracy(v, labels[split]) for v in pair] for split, pair in views.items()
     }
-    used, reason = choose_tta(params.evaluate.tta, flip_trained, *scores["val"])
+    used, reason = choose_tta(params.evaluate.tta, flip_trained, *scores["val"], tta_name(tta))
     logits = views["test"][1 if used else 0]
     calibration = calibrate((views["val"][1 if used else 0], labels["val"]), (logits, labels["test"]),
                             params.evaluate.calibrate)  # fmt: skip
     if calibration["note"]:
         log.warning("evaluate: %s", calibration["note"])
     y_true, y_pred = data.labels["test"], logits.argmax(1).numpy()
-    title = f"{ckpt['model']['name']} on {data.meta['dataset']}" + (" (flip TTA)" if used else "")
+    title = f"{ckpt['model']['name']} on {data.meta['dataset']}" + (f" ({tta.name} TTA)" if used else "")
     metrics, matrix = score_and_report(layout, y_true, y_pred, ckpt["classes"], title)
     metrics["accuracy_plain"], metrics["accuracy_tta"] = scores["test"]
     metrics["tta"] = {
         "mode": params.evaluate.tta,
         "used": used,
+        "views": tta_name(tta),  # the candidate's, used or not
+        "shift": tta.shift if tta else 0,
         "reason": reason,
         "val_accuracy_plain": scores["val"][0],
         "val_accuracy_tta": scores["val"][1],
     }
-    passes = (2 if flip_trained else 1) * (len(y_true) + len(data.labels["val"]))
-    metrics["inference_ms_per_image"] = 1000.0 * seconds / max(passes, 1) * (2 if used else 1)
+    views_each = tta.views if tta else 1
+    passes = views_each * (len(y_true) + len(data.labels["val"]))
+    metrics["inference_ms_per_image"] = 1000.0 * seconds / max(passes, 1) * (views_each if used else 1)
     metrics["model_bytes"] = layout.model.stat().st_size
     metrics["test_loss"] = float(torch.nn.functional.cross_entropy(logits, labels["test"]))
     metrics["calibration"] = {k: calibration[k] for k in CALIBRATION}
@@ -207,7 +219,11 @@ def _result(layout: Layout, metrics: dict) -> StageResult:
     return StageResult(
         metrics,
         metrics=headline | views | per_class,
-        tags={"data_hash": metrics["data_hash"], "tta": "flip" if tta["used"] else "none", "tta_reason": tta["reason"]},
+        tags={
+            "data_hash": metrics["data_hash"],
+            "tta": tta.get("views", "flip") if tta["used"] else "none",
+            "tta_reason": tta["reason"],
+        },
         artifacts=dict.fromkeys(files, ""),
         pipeline_metrics=headline | views,
         summary=[

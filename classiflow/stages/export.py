@@ -30,7 +30,7 @@ from classiflow.layout import SPEC_FILE, Layout
 from classiflow.prune.saving import load_pruned as load_pruned_model
 from classiflow.stages.evaluate import chosen_point, temperature, tta_used
 from classiflow.stages.result import NO_REPORT, Report, StageResult, numbers
-from classiflow.tensors import WithPreprocessing
+from classiflow.tensors import WithPreprocessing, tta_name
 
 Loader = Callable[[Path], tuple[nn.Module, dict[str, Any]]]
 CALIBRATION_SEED = 0
@@ -100,7 +100,7 @@ def _preprocessing(
             "range": [0, 255],
             "note": "raw pixel values; the files normalise with mean/std themselves",
         },
-        "tta": "flip" if sources[0].module.tta else "none",
+        "tta": tta_name(sources[0].module.tta),
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(payload["classes"])], "meaning": "logits"},
         "temperature": temperature,  # probabilities: softmax(logits / temperature)
         "operating_point": operating_point,  # thresholds for the answer (classiflow.operating), or null
@@ -176,6 +176,6 @@ def export(layout: Layout, export_params: ExportParams, load_pruned: Loader | No
         write_json(tmp / SPEC_FILE, spec)
     text = export_tables.markdown(rows, threads, export_params.throughput_batch, len(images.labels))
     write_text(layout.export_report, text)
-    metrics = export_tables.metrics(rows, threads) | {"tta": "flip" if sources[0].module.tta else "none"}
+    metrics = export_tables.metrics(rows, threads) | {"tta": tta_name(sources[0].module.tta)}
     write_json(layout.export_metrics, metrics)
     return metrics

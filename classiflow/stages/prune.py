@@ -31,7 +31,7 @@ from classiflow.prune.sweep import sweep, write_sweep
 from classiflow.prune.unstructured import detach_masked_weights, make_permanent, sparsity
 from classiflow.stages.evaluate import tta_used
 from classiflow.stages.result import NO_REPORT, Report, StageResult, numbers
-from classiflow.tensors import to_nchw
+from classiflow.tensors import to_nchw, tta_name
 from classiflow.training import fit, select_device
 from classiflow.training.loop import Inputs
 
@@ -143,7 +143,8 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
         data.meta,
         {"pruning": pruning, "source_val_accuracy": ckpt.get("val_accuracy")},
     )
-    metrics = _metrics(layout, pp, pruning, before, after, sparsity(model, original), sparsity(original)) | {"tta": tta}
+    metrics = _metrics(layout, pp, pruning, before, after, sparsity(model, original), sparsity(original))
+    metrics["tta"] = tta_name(tta)
     write_json(layout.prune_metrics, metrics)
 
     sweep_rows = sweep(original, pp.sweep, score, shape, pp.latency_repeats) if pp.sweep else []

@@ -19,9 +19,10 @@ from classiflow.data.prepared import load_prepared
 from classiflow.errors import ClassiflowError
 from classiflow.layout import Layout
 from classiflow.model_card import model_card
+from classiflow.stages.evaluate import tta_of
 from classiflow.stages.export import rejection_tags
 from classiflow.stages.result import NO_REPORT, Report, StageResult
-from classiflow.tensors import WithPreprocessing
+from classiflow.tensors import WithPreprocessing, tta_name
 from classiflow.tracking.aliases import LATENCY_TAG, OPERATING_TAG, PREDICTIONS
 from classiflow.tracking.refs import registered_name
 from classiflow.tracking.store import git_commit
@@ -38,11 +39,11 @@ def _export_files(layout: Layout) -> list[str]:
 
 def _version_tags(ckpt: dict, metrics: dict, exported: dict, pruned: dict, pipeline: str) -> dict[str, str]:
     """``test_accuracy`` is evaluate's headline, the accuracy of the predictions the gate compares and the
-    shipped files compute (flip TTA included when ``tta`` says so)."""
+    shipped files compute (test-time augmentation included when ``tta`` names it)."""
     tags = {
         "test_accuracy": f"{metrics['accuracy']:.6f}",
         "test_accuracy_plain": f"{metrics['accuracy_plain']:.6f}",
-        "tta": "flip" if metrics["tta"]["used"] else "none",
+        "tta": tta_name(tta_of(metrics)),
         "macro_f1": f"{metrics['macro_f1']:.6f}",
         "data_hash": ckpt["data_hash"],
         "git_commit": git_commit(),
@@ -77,7 +78,7 @@ def run(layout: Layout, params: Params, report: Report = NO_REPORT) -> StageResu
     files = _export_files(layout)
     data = load_prepared(layout.prepared, ("test",))
     name = registered_name(params, data.meta["dataset"])
-    model = WithPreprocessing(net, ckpt["mean"], ckpt["std"], metrics["tta"]["used"]).eval()
+    model = WithPreprocessing(net, ckpt["mean"], ckpt["std"], tta_of(metrics)).eval()
     example = np.ascontiguousarray(data.images["test"][:4].transpose(0, 3, 1, 2)).astype(np.float32)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
