@@ -70,11 +70,15 @@ def train_flops_per_image(overrides: dict) -> float:
 
 
 def run_one(recipe: str, seed: int, prepared: Path) -> dict:
-    root = WORK / f"{recipe}-s{seed}"
+    overrides = load_recipe(recipe, REPO) | {"train.seed": seed, "augment.seed": seed}
+    return {"recipe": recipe, "seed": seed, **run_overrides(WORK / f"{recipe}-s{seed}", overrides, prepared)}
+
+
+def run_overrides(root: Path, overrides: dict, prepared: Path) -> dict:
+    """params.yaml with ``overrides`` in a fresh project at ``root``, through the augment, train and evaluate stages."""
     shutil.rmtree(root, ignore_errors=True)
     (root / "data").mkdir(parents=True)
     (root / "data" / "prepared").symlink_to(prepared)
-    overrides = load_recipe(recipe, REPO) | {"train.seed": seed, "augment.seed": seed}
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for key, value in overrides.items():
         section, name = key.split(".")
@@ -94,11 +98,10 @@ def run_one(recipe: str, seed: int, prepared: Path) -> dict:
     train = json.loads((root / "metrics" / "train.json").read_text())
     evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
     return {
-        "recipe": recipe,
-        "seed": seed,
         "model": overrides["model.name"],
         "width": overrides.get("model.width"),
         "epochs": overrides["train.epochs"],
+        "val_accuracy": train["best_val_accuracy"],
         "test_accuracy": evaluation["accuracy"],
         "train_stage_seconds": wall,
         "train_loop_seconds": train["train_seconds"],

@@ -1,0 +1,244 @@
+"""Recipes by time budget, found by search: an Optuna study per budget over the quick recipe's knobs on CIFAR-10.
+
+Each trial is a real run of the augment, train and evaluate stages (`benchmarks/recipes.py`'s throw-away
+project on the shared JPEG copy) with `train.precision: auto`. The budget is train-stage seconds, start-up
+included: a trial's width and batch size fix its speed, measured here on this machine before the study (a
+few real training steps per width), and its epochs are the most that fit the budget. The study maximises
+validation accuracy (test accuracy is recorded, never searched on); trials are ranked again by their
+measured time, so one that overran its budget is reported where it landed. `--transfer B` starts the study
+with the best trial of budget B's study at every width, then TPE goes on. Studies live in SQLite under
+benchmarks/.cache/search, so a study can be extended trial by trial; `--doc` writes the table and the plot
+of test accuracy against train-stage seconds (docs/recipe_front.png).
+
+    python benchmarks/recipe_search.py --budget 120 --trials 10
+    python benchmarks/recipe_search.py --budget 600 --trials 3 --widths 32 48 64 --transfer 120
+    python benchmarks/recipe_search.py --doc
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import CACHE, REPO, machine, prepared_cifar10, write_section  # noqa: E402
+from benchmarks.recipes import run_overrides  # noqa: E402
+from classiflow.cpu import usable_cores  # noqa: E402
+from classiflow.models import build_model  # noqa: E402
+from classiflow.recipes import load_recipe  # noqa: E402
+from classiflow.training.device import autocast, resolve_precision  # noqa: E402
+
+WORK = CACHE / "search"
+TRAIN_IMAGES, VAL_IMAGES = 45_000, 5_000
+START_UP_S = 10.0  # train-stage process start-up on this machine (the recipes section: stage minus loop seconds)
+VAL_COST = 1 / 3  # a validation image costs about a third of a training image (forward only)
+LOOP_OVERHEAD = 1.05  # gathering, augmenting and normalising batches: the real loop against bare steps
+PLOT = REPO / "docs" / "recipe_front.png"
+
+
+def space(trial, widths: list[int]) -> dict:
+    """The searched knobs (epochs follow from the budget); ranges around the quick recipe's values."""
+    return {
+        "model.width": trial.suggest_categorical("model.width", widths),
+        "train.batch_size": trial.suggest_categorical("train.batch_size", [256, 512, 1024]),
+        "train.lr": trial.suggest_float("train.lr", 0.4, 4.0, log=True),
+        "train.label_smoothing": trial.suggest_float("train.label_smoothing", 0.0, 0.3),
+        "train.weight_decay": trial.suggest_float("train.weight_decay", 3e-4, 4e-3, log=True),
+        "train.momentum": trial.suggest_float("train.momentum", 0.75, 0.92),
+        "augment.translate": trial.suggest_int("augment.translate", 1, 4),
+    }
+
+
+def seconds_per_image(width: int, batch: int, steps: int = 6) -> float:
+    """Train-step seconds per image of fastnet at ``width`` (SGD, channels_last, the resolved precision)."""
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    precision = resolve_precision(device, "auto")
+    model = build_model("fastnet", 3, 10, 32, width=width).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+
+    def step():
+        with autocast(device, precision):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step(), step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / (steps * batch)
+
+
+def epochs_within(budget: float, per_image: float) -> int:
+    epoch = LOOP_OVERHEAD * per_image * (TRAIN_IMAGES + VAL_COST * VAL_IMAGES)
+    return max(1, math.floor((budget - START_UP_S) / epoch))
+
+
+def open_study(budget: int, seed: int):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    WORK.mkdir(parents=True, exist_ok=True)
+    return optuna.create_study(
+        study_name=f"budget-{budget}",
+        storage=f"sqlite:///{(WORK / 'studies.db').resolve()}",
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4),
+        direction="maximize",
+        load_if_exists=True,
+    )
+
+
+def transfer(study, source_budget: int, widths: list[int]) -> None:
+    """Queue the best settings of the ``source_budget`` study once per width (TPE takes over afterwards)."""
+    best = open_study(source_budget, 0).best_trial.params
+    for width in widths:
+        study.enqueue_trial(best | {"model.width": width}, skip_if_exists=True)
+
+
+def run_trial(trial, budget: int, widths: list[int], prepared: Path, speed: dict) -> float:
+    chosen = space(trial, widths)
+    key = (chosen["model.width"], chosen["train.batch_size"])
+    if key not in speed:
+        speed[key] = seconds_per_image(*key)
+    epochs = epochs_within(budget, speed[key])
+    overrides = load_recipe("quick", REPO) | chosen
+    overrides |= {"train.epochs": epochs, "train.min_steps": 0, "train.precision": "auto"}
+    result = run_overrides(WORK / f"budget-{budget}-t{trial.number}", overrides, prepared)
+    for name, value in result.items():
+        trial.set_user_attr(name, value)
+    print(json.dumps({"trial": trial.number, **chosen, **result}), flush=True)
+    return result["val_accuracy"]
+
+
+def all_trials() -> list[dict]:
+    import optuna
+
+    db = WORK / "studies.db"
+    if not db.exists():
+        return []
+    storage = f"sqlite:///{db.resolve()}"
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        budget = int(summary.study_name.split("-")[1])
+        for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+            rows.append({"budget": budget, "trial": t.number, **t.params, **t.user_attrs})
+    return rows
+
+
+def front(rows: list[dict]) -> list[dict]:
+    """Trials no other trial beats on both validation accuracy and train-stage seconds."""
+    return [
+        r
+        for r in rows
+        if not any(
+            o["val_accuracy"] >= r["val_accuracy"]
+            and o["train_stage_seconds"] <= r["train_stage_seconds"]
+            and (o["val_accuracy"], o["train_stage_seconds"]) != (r["val_accuracy"], r["train_stage_seconds"])
+            for o in rows
+        )
+    ]
+
+
+def plot(rows: list[dict], best: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for budget in sorted({r["budget"] for r in rows}):
+        mine = [r for r in rows if r["budget"] == budget]
+        ax.scatter(
+            [r["train_stage_seconds"] for r in mine],
+            [100 * r["test_accuracy"] for r in mine],
+            label=f"trials, {budget} s budget",
+            alpha=0.6,
+        )
+        ax.axvline(budget, color="grey", linestyle=":", linewidth=1)
+    line = sorted(best, key=lambda r: r["train_stage_seconds"])
+    ax.plot(
+        [r["train_stage_seconds"] for r in line],
+        [100 * r["test_accuracy"] for r in line],
+        "k--",
+        label="front (by validation accuracy)",
+    )
+    ax.set_xlabel("train-stage seconds (start-up included)")
+    ax.set_ylabel("CIFAR-10 test accuracy (%)")
+    ax.set_title("fastnet recipes found by search, one CPU")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    PLOT.parent.mkdir(exist_ok=True)
+    tmp = PLOT.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(PLOT)
+
+
+def doc() -> str:
+    rows = sorted(all_trials(), key=lambda r: r["train_stage_seconds"])
+    best = front(rows)
+    plot(rows, best)
+    lines = [
+        "| budget | trial | width | batch | epochs | lr | smoothing | decay | momentum | translate "
+        "| val | test | train stage s | images/s | front |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['budget']} | {r['trial']} | {r['model.width']} | {r['train.batch_size']} | {r['epochs']} "
+            f"| {r['train.lr']:.2f} | {r['train.label_smoothing']:.2f} | {r['train.weight_decay']:.4f} "
+            f"| {r['train.momentum']:.2f} | {r['augment.translate']} | {100 * r['val_accuracy']:.2f}% "
+            f"| {100 * r['test_accuracy']:.2f}% | {r['train_stage_seconds']:.0f} | {r['images_per_second']:,.0f} "
+            f"| {'yes' if r in best else ''} |"
+        )
+    return (
+        f"Machine: {machine()}, `train.precision: auto` = {resolve_precision(torch.device('cpu'), 'auto')} here. "
+        "Every trial is the real augment, train and evaluate stages on the shared CIFAR-10 copy (45,000 train, "
+        "5,000 val, 10,000 test) with the quick recipe's other settings; its epochs are the most that fit the "
+        "budget at the speed measured for its width and batch. TPE (seed 0, 4 random trials first) maximises "
+        "validation accuracy; the front is the trials no other beats on both validation accuracy and "
+        "train-stage seconds. Plot: `docs/recipe_front.png`.\n\n" + "\n".join(lines)
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=int, help="train-stage seconds per trial")
+    ap.add_argument("--trials", type=int, default=0, help="trials to add to the budget's study")
+    ap.add_argument("--widths", type=int, nargs="+", default=[16, 24, 32])
+    ap.add_argument("--transfer", type=int, help="queue the best trial of this budget's study at every width")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--doc", action="store_true", help="write the trials to docs/benchmarks.md")
+    args = ap.parse_args()
+    prepared = prepared_cifar10()
+    if prepared is None:
+        sys.exit("no ../shared/datasets/cifar10-jpg.tar.gz: nothing to measure")
+    torch.set_num_threads(usable_cores())
+    if args.budget and args.trials:
+        study = open_study(args.budget, args.seed)
+        if args.transfer:
+            transfer(study, args.transfer, args.widths)
+        speed: dict = {}
+        study.optimize(lambda t: run_trial(t, args.budget, args.widths, prepared, speed), n_trials=args.trials)
+    if args.doc:
+        body = doc()
+        title = f"## Recipes found by search (`benchmarks/recipe_search.py`, {dt.date.today()})"
+        write_section("recipe-search", f"{title}\n\n{body}")
+        print(body)
+
+
+if __name__ == "__main__":
+    main()
