@@ -18,11 +18,11 @@ unexport PYTHONDONTWRITEBYTECODE
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml docker/requirements-serve.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --no-compile --upgrade pip
 	$(BIN)/python -m pip install --quiet --no-compile torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]' -c docker/requirements-serve.txt
 	touch $(STAMP)
 
 # make run SET="data.source=path/to/archive.tar.gz train.epochs=2" runs `dvc exp run -S ...`;

@@ -84,11 +84,22 @@ def list_members(path: Path) -> Listing:
                         dirs.append(_normal(m.name))
                     elif m.issym() or m.islnk():
                         links[_normal(m.name)] = _link_target(m)
+                _check_stream_end(tf.fileobj)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
         raise ClassiflowError(f"{path.name}: not a readable archive ({err})") from None
     regular = set(files)
     links = {name: target for name, target in links.items() if target in regular}
     return Listing(list(dict.fromkeys(files + list(links))), dirs, members, links)
+
+
+def _check_stream_end(stream) -> None:
+    """tarfile ends its listing quietly at a header cut short after the first member, so a truncated compressed
+    tar reads as a smaller one: its decompressor must also have reached the end-of-stream marker."""
+    while stream.read(1 << 16):
+        pass
+    decompressor = getattr(stream, "cmp", None)
+    if decompressor is not None and not getattr(decompressor, "eof", True):
+        raise EOFError("the compressed data ends before its end-of-stream marker")
 
 
 def check_members(path: Path) -> int:
