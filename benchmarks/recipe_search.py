@@ -34,27 +34,31 @@ from benchmarks.recipes import run_overrides  # noqa: E402
 from classiflow.cpu import usable_cores  # noqa: E402
 from classiflow.models import build_model  # noqa: E402
 from classiflow.recipes import load_recipe  # noqa: E402
+from classiflow.sweep.params import Dimension, SweepParams  # noqa: E402
+from classiflow.sweep.study import open_study, suggest  # noqa: E402
 from classiflow.training.device import autocast, resolve_precision  # noqa: E402
 
 WORK = CACHE / "search"
 TRAIN_IMAGES, VAL_IMAGES = 45_000, 5_000
-START_UP_S = 10.0  # train-stage process start-up on this machine (the recipes section: stage minus loop seconds)
+START_UP_S = 10.0  # train-stage seconds outside the loop: an estimate (the 120 s study measured 17-21 s)
 VAL_COST = 1 / 3  # a validation image costs about a third of a training image (forward only)
 LOOP_OVERHEAD = 1.05  # gathering, augmenting and normalising batches: the real loop against bare steps
 PLOT = REPO / "docs" / "recipe_front.png"
 
 
-def space(trial, widths: list[int]) -> dict:
-    """The searched knobs (epochs follow from the budget); ranges around the quick recipe's values."""
-    return {
-        "model.width": trial.suggest_categorical("model.width", widths),
-        "train.batch_size": trial.suggest_categorical("train.batch_size", [256, 512, 1024]),
-        "train.lr": trial.suggest_float("train.lr", 0.4, 4.0, log=True),
-        "train.label_smoothing": trial.suggest_float("train.label_smoothing", 0.0, 0.3),
-        "train.weight_decay": trial.suggest_float("train.weight_decay", 3e-4, 4e-3, log=True),
-        "train.momentum": trial.suggest_float("train.momentum", 0.75, 0.92),
-        "augment.translate": trial.suggest_int("augment.translate", 1, 4),
+def study_params(widths: list[int], seed: int) -> SweepParams:
+    """The searched knobs (epochs follow from the budget), ranges around the quick recipe's values, in the
+    sweep section's own terms."""
+    space = {
+        "model.width": Dimension(choices=widths),
+        "train.batch_size": Dimension(choices=[256, 512, 1024]),
+        "train.lr": Dimension(low=0.4, high=4.0, log=True),
+        "train.label_smoothing": Dimension(low=0.0, high=0.3),
+        "train.weight_decay": Dimension(low=3e-4, high=4e-3, log=True),
+        "train.momentum": Dimension(low=0.75, high=0.92),
+        "augment.translate": Dimension(low=1, high=4),
     }
+    return SweepParams(seed=seed, storage=f"sqlite:///{(WORK / 'studies.db').resolve()}", space=space)
 
 
 def seconds_per_image(width: int, batch: int, steps: int = 6) -> float:
@@ -86,29 +90,21 @@ def epochs_within(budget: float, per_image: float) -> int:
     return max(1, math.floor((budget - START_UP_S) / epoch))
 
 
-def open_study(budget: int, seed: int):
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+def budget_study(budget: int, cfg: SweepParams):
     WORK.mkdir(parents=True, exist_ok=True)
-    return optuna.create_study(
-        study_name=f"budget-{budget}",
-        storage=f"sqlite:///{(WORK / 'studies.db').resolve()}",
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4),
-        direction="maximize",
-        load_if_exists=True,
-    )
+    return open_study(cfg, f"budget-{budget}", REPO, startup_trials=4)
 
 
-def transfer(study, source_budget: int, widths: list[int]) -> None:
+def transfer(study, source_budget: int, cfg: SweepParams) -> None:
     """Queue the best settings of the ``source_budget`` study once per width (TPE takes over afterwards)."""
-    best = open_study(source_budget, 0).best_trial.params
+    best = budget_study(source_budget, cfg).best_trial.params
+    widths = cfg.space["model.width"].choices
     for width in widths:
         study.enqueue_trial(best | {"model.width": width}, skip_if_exists=True)
 
 
-def run_trial(trial, budget: int, widths: list[int], prepared: Path, speed: dict) -> float:
-    chosen = space(trial, widths)
+def run_trial(trial, budget: int, cfg: SweepParams, prepared: Path, speed: dict) -> float:
+    chosen = suggest(trial, cfg)
     key = (chosen["model.width"], chosen["train.batch_size"])
     if key not in speed:
         speed[key] = seconds_per_image(*key)
@@ -228,11 +224,12 @@ def main() -> None:
         sys.exit("no ../shared/datasets/cifar10-jpg.tar.gz: nothing to measure")
     torch.set_num_threads(usable_cores())
     if args.budget and args.trials:
-        study = open_study(args.budget, args.seed)
+        cfg = study_params(args.widths, args.seed)
+        study = budget_study(args.budget, cfg)
         if args.transfer:
-            transfer(study, args.transfer, args.widths)
+            transfer(study, args.transfer, cfg)
         speed: dict = {}
-        study.optimize(lambda t: run_trial(t, args.budget, args.widths, prepared, speed), n_trials=args.trials)
+        study.optimize(lambda t: run_trial(t, args.budget, cfg, prepared, speed), n_trials=args.trials)
     if args.doc:
         body = doc()
         title = f"## Recipes found by search (`benchmarks/recipe_search.py`, {dt.date.today()})"

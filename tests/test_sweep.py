@@ -114,3 +114,17 @@ def test_a_search_space_key_that_is_no_parameter_is_a_one_line_error(tmp_path):
     bad = load_params(REPO / "params.yaml", {"sweep.space": {"train.lr": {"low": -1.0, "high": 2.0}}})
     with pytest.raises(ClassiflowError, match="train.lr"):
         check_space(bad)
+
+
+def test_a_range_with_int_bounds_searches_integers():
+    import optuna
+
+    from classiflow.sweep.params import Dimension, SweepParams
+    from classiflow.sweep.study import suggest
+
+    assert Dimension(low=1, high=4).integer and not Dimension(low=1, high=4.5).integer
+    cfg = SweepParams(space={"augment.translate": Dimension(low=1, high=4), "train.lr": Dimension(low=0.5, high=3)})
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    chosen = suggest(trial, cfg)
+    assert isinstance(chosen["augment.translate"], int) and 1 <= chosen["augment.translate"] <= 4
+    assert isinstance(chosen["train.lr"], float)

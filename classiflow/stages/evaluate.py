@@ -221,7 +221,7 @@ def _result(layout: Layout, metrics: dict) -> StageResult:
         metrics=headline | views | per_class,
         tags={
             "data_hash": metrics["data_hash"],
-            "tta": tta.get("views", "flip") if tta["used"] else "none",
+            "tta": tta_name(tta_of(metrics)),
             "tta_reason": tta["reason"],
         },
         artifacts=dict.fromkeys(files, ""),

@@ -13,8 +13,8 @@ class Dimension(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    low: float | None = None
-    high: float | None = None
+    low: int | float | None = None  # an int stays an int, so two int bounds search integers
+    high: int | float | None = None
     log: bool = False
     step: float | None = Field(None, gt=0.0)
     choices: list[bool | int | float | str] | None = Field(None, min_length=1)

@@ -23,12 +23,14 @@ def storage_url(cfg: SweepParams, root: Path) -> str:
     return f"sqlite:///{(root / '.cache' / 'optuna.db').resolve()}"
 
 
-def open_study(cfg: SweepParams, name: str, root: Path):
-    """The study ``name`` (created, or reopened to add trials), maximising validation accuracy."""
+def open_study(cfg: SweepParams, name: str, root: Path, startup_trials: int | None = None):
+    """The study ``name`` (created, or reopened to add trials), maximising validation accuracy; TPE samples at
+    random for its first ``startup_trials`` (Optuna's default: 10)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed)
+    startup = {} if startup_trials is None else {"n_startup_trials": startup_trials}
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed, **startup)
     return optuna.create_study(
         study_name=name, storage=storage_url(cfg, root), sampler=sampler, direction="maximize", load_if_exists=True
     )
