@@ -111,6 +111,7 @@ class TrainParams(_Section):
     backbone_lr_scale: float = Field(1.0, gt=0.0)  # lr multiplier for everything but the head
     grad_clip: float | None = Field(None, gt=0.0)  # max global gradient norm
     ema: float | None = Field(None, gt=0.0, lt=1.0)  # decay of an exponential moving average of weights
+    lookahead: int | None = Field(None, ge=1)  # every N steps pull the weights to their slow average (airbench: 5)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"  # autocast (fp16 on CUDA only)
     channels_last: bool = True
     compile: bool = False  # torch.compile the model

@@ -1,4 +1,4 @@
-"""The recipe parts of training (schedules, EMA, smoothing, early stopping, TTA) and resume-after-kill."""
+"""The recipe parts of training (schedules, EMA, lookahead, smoothing, early stopping, TTA) and resume-after-kill."""
 
 import contextlib
 import json
@@ -77,6 +77,36 @@ def test_ema_weights_are_what_is_kept():
     assert "n_averaged" not in result.best_state
 
 
+def test_lookahead_moves_the_weights_to_their_slow_average_and_ends_on_it():
+    from classiflow.training.optim import Lookahead
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    weight = model.weight
+    with torch.no_grad():
+        weight.fill_(1.0)
+    la = Lookahead(model, every=2, total_steps=5)
+    values = [3.0, 5.0, 7.0, 9.0, 11.0]
+    slow, seen = 1.0, []
+    for step, value in enumerate(values, start=1):
+        with torch.no_grad():
+            weight.fill_(value)  # what the optimiser step left
+        la.update(model)
+        if step % 2 == 0:
+            slow += (1 - 0.95**2 * (step / 5) ** 3) * (value - slow)
+        seen.append(weight.item())
+    assert seen[0] == 3.0 and seen[2] == 7.0  # between pulls the weights are the optimiser's
+    assert seen[1] == pytest.approx(1 + (1 - 0.95**2 * 0.4**3) * 4)
+    assert seen[4] == pytest.approx(slow)  # the last step ends on the average, even off the period
+    restored = Lookahead(torch.nn.Linear(1, 1, bias=False), every=2, total_steps=5)
+    restored.load_state_dict(la.state_dict())
+    assert restored.steps == 5 and restored.slow[0].item() == pytest.approx(slow)
+
+
+def test_a_run_with_lookahead_learns():
+    _, result = _fit(epochs=4, batch_size=16, lr=0.05, lookahead=3)
+    assert result.best_val_accuracy >= 0.9
+
+
 def test_early_stopping_stops_after_patience():
     _, result = _fit(epochs=30, batch_size=16, lr=0.05, early_stopping=2)
     assert len(result.history) < 30
@@ -126,7 +156,7 @@ RESUME = shrunk_params(
     {
         "model": {"name": "resnet8"},
         "augment": {"flip": True, "translate": 2, "erasing": 0.5, "mix": "mixup"},
-        "train": {"epochs": 6, "lr": 0.05, "scheduler": "cosine", "ema": 0.9},
+        "train": {"epochs": 6, "lr": 0.05, "scheduler": "cosine", "ema": 0.9, "lookahead": 3},
     }
 )
 
@@ -185,7 +215,7 @@ def test_a_resume_point_is_used_only_by_the_same_configuration(tmp_path):
 
 
 def test_a_train_state_restores_what_it_captured(tmp_path):
-    from classiflow.training.optim import make_ema, make_scheduler
+    from classiflow.training.optim import make_ema, make_lookahead, make_scheduler
     from classiflow.training.resume import load_state, save_state
     from classiflow.training.state import TrainState
 
@@ -196,17 +226,21 @@ def test_a_train_state_restores_what_it_captured(tmp_path):
         optimizer = make_optimizer(model, cfg)
         return TrainState(
             model, optimizer, make_scheduler(optimizer, cfg, 10), torch.amp.GradScaler("cpu", enabled=False),
-            make_ema(model, cfg.ema), {"order": torch.Generator().manual_seed(seed)},
+            make_ema(model, cfg.ema), {"order": torch.Generator().manual_seed(seed)}, make_lookahead(model, 2, 10),
         )  # fmt: skip
 
     saved = new_state(0)
     saved.end_epoch({"epoch": 1, "val_accuracy": 0.75, "epoch_seconds": 2.0}, saved.model)
+    for _ in range(3):
+        saved.lookahead.update(saved.model)
     save_state(tmp_path / "last.pt", saved.capture("fp"))
     restored = new_state(1)
     restored.restore(load_state(tmp_path / "last.pt", "fp"))
     assert (restored.epoch, restored.best_epoch, restored.best_val_accuracy, restored.train_time) == (1, 1, 0.75, 2.0)
     before, after = saved.model.state_dict(), restored.model.state_dict()
     assert all(torch.equal(before[key], after[key]) for key in before)
+    assert restored.lookahead.steps == 3
+    assert all(torch.equal(a, b) for a, b in zip(saved.lookahead.slow, restored.lookahead.slow, strict=True))
     draw = {name: torch.randperm(9, generator=s.generators["order"]) for name, s in (("a", saved), ("b", restored))}
     assert torch.equal(draw["a"], draw["b"])
 

@@ -144,3 +144,5 @@ def _step(state: TrainState, grad_clip: float | None) -> None:
     state.scheduler.step()
     if state.ema is not None:
         state.ema.update_parameters(state.model)
+    if state.lookahead is not None:
+        state.lookahead.update(state.model)

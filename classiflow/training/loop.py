@@ -31,7 +31,7 @@ from classiflow.training.distributed import SINGLE, World
 from classiflow.training.epoch import Batches, train_one_epoch
 from classiflow.training.finetune import freeze_backbone
 from classiflow.training.imbalance import class_weights
-from classiflow.training.optim import make_ema, make_optimizer, make_scheduler
+from classiflow.training.optim import make_ema, make_lookahead, make_optimizer, make_scheduler
 from classiflow.training.resume import load_state, save_state
 from classiflow.training.state import TrainState
 
@@ -149,6 +149,7 @@ def _new_state(model: nn.Module, cfg: TrainParams, steps_per_epoch: int, augment
             "order": torch.Generator().manual_seed(cfg.seed),
             "augment": torch.Generator().manual_seed(augment_seed),
         },
+        lookahead=make_lookahead(model, cfg.lookahead, cfg.epochs * steps_per_epoch),
     )
 
 

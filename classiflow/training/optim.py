@@ -1,4 +1,4 @@
-"""Optimiser, learning-rate schedule and weight averaging, built from ``train`` params.
+"""Optimiser, learning-rate schedule, weight averaging and lookahead, built from ``train`` params.
 
 Schedules are stepped once per batch so that cosine warm-up and OneCycle are smooth; StepLR
 keeps the article's per-epoch meaning by counting whole epochs of steps. ``train.momentum`` is the
@@ -87,3 +87,45 @@ def make_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
     if decay is None:
         return None
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+class Lookahead:
+    """airbench's lookahead: every ``every`` steps the weights (and float buffers) move to a slow average of their
+    past values and go on from there; the average forgets more slowly as the run ends (decay 0.95**every x
+    (step / total)**3), and the last step ends on it. Unlike an EMA evaluated on the side, it steers training.
+    Its state (steps taken, the average) is part of the resume point."""
+
+    def __init__(self, model: nn.Module, every: int, total_steps: int):
+        self.every, self.total, self.steps = every, max(total_steps, 1), 0
+        self.slow = [t.detach().clone() for t in _float_tensors(model)]
+
+    def decay(self, step: int) -> float:
+        return 0.95**self.every * (step / self.total) ** 3
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Call after every optimiser step."""
+        self.steps += 1
+        due, last = self.steps % self.every == 0, self.steps == self.total
+        if not (due or last):
+            return
+        for fast, slow in zip(_float_tensors(model), self.slow, strict=True):
+            if due:
+                slow.lerp_(fast, 1.0 - self.decay(self.steps))
+            fast.copy_(slow)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "slow": self.slow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+        for slow, saved in zip(self.slow, state["slow"], strict=True):
+            slow.copy_(saved)
+
+
+def _float_tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [t for t in model.state_dict().values() if t.is_floating_point()]
+
+
+def make_lookahead(model: nn.Module, every: int | None, total_steps: int) -> Lookahead | None:
+    return None if every is None else Lookahead(model, every, total_steps)

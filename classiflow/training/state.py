@@ -29,6 +29,7 @@ class TrainState:
     scaler: torch.amp.GradScaler
     ema: Any
     generators: dict[str, torch.Generator]
+    lookahead: Any = None
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
     train_time: float = 0.0
@@ -43,15 +44,17 @@ class TrainState:
 
     def capture(self, fingerprint: str) -> dict:
         state = {"fingerprint": fingerprint} | {k: getattr(self, k).state_dict() for k in self.STATEFUL}
-        state["ema"] = self.ema.state_dict() if self.ema is not None else None
+        for key in ("ema", "lookahead"):
+            state[key] = getattr(self, key).state_dict() if getattr(self, key) is not None else None
         state["rng"] = rng_state(self.generators)
         return state | {k: getattr(self, k) for k in self.PLAIN}
 
     def restore(self, saved: dict) -> None:
         for key in self.STATEFUL:
             getattr(self, key).load_state_dict(saved[key])
-        if self.ema is not None:
-            self.ema.load_state_dict(saved["ema"])
+        for key in ("ema", "lookahead"):
+            if getattr(self, key) is not None:
+                getattr(self, key).load_state_dict(saved[key])
         set_rng_state(saved["rng"], self.generators)
         for key in self.PLAIN:
             setattr(self, key, saved[key])
