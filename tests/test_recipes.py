@@ -21,7 +21,7 @@ from classiflow.stages import train as train_stage
 from tests.conftest import REPO
 from tests.imagegen import write_image_folder
 
-RECIPES = ("article", "quick", "fast", "best", "budget-2min")
+RECIPES = ("article", "quick", "fast", "best", "budget-2min", "budget-10min")
 
 
 def test_the_documented_recipes_exist_with_descriptions():
