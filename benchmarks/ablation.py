@@ -20,7 +20,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CACHE, REPO, machine, prepared_cifar10, write_section  # noqa: E402
+from benchmarks.common import CACHE, REPO, machine, require_cifar10, write_section  # noqa: E402
 from benchmarks.recipes import run_overrides  # noqa: E402
 from classiflow.recipes import load_recipe  # noqa: E402
 
@@ -77,13 +77,12 @@ def main() -> None:
     ap.add_argument("--doc", action="store_true", help="write the accumulated results to docs/benchmarks.md")
     args = ap.parse_args()
     if args.recipe:
-        prepared = prepared_cifar10()
-        if prepared is None:
-            sys.exit("no ../shared/datasets/cifar10-jpg.tar.gz: nothing to measure")
         if not args.sets:
             sys.exit("nothing to compare: give --set section.key=value")
+        change = parse_sets(args.sets)  # a malformed --set fails before the data is prepared
+        prepared = require_cifar10()
         WORK.mkdir(parents=True, exist_ok=True)
-        result = run_pair(args.recipe, parse_sets(args.sets), prepared)
+        result = run_pair(args.recipe, change, prepared)
         RESULTS.write_text(json.dumps([*load_results(), result], indent=1))
         print(json.dumps(result), flush=True)
     if args.doc:

@@ -43,6 +43,14 @@ def prepared_cifar10() -> Path | None:
     return out
 
 
+def require_cifar10() -> Path:
+    """:func:`prepared_cifar10`, or exit with one line when the shared archive is absent."""
+    prepared = prepared_cifar10()
+    if prepared is None:
+        raise SystemExit("no ../shared/datasets/cifar10-jpg.tar.gz: nothing to measure")
+    return prepared
+
+
 def write_section(name: str, markdown: str) -> None:
     """Replace (or append) the ``name`` section of docs/benchmarks.md, leaving the others alone."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"

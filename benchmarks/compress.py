@@ -24,7 +24,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CACHE, REPO, machine, prepared_cifar10, write_section  # noqa: E402
+from benchmarks.common import CACHE, REPO, machine, require_cifar10, write_section  # noqa: E402
 
 WORK = CACHE / "compress"
 RESULTS = WORK / "results.json"
@@ -185,9 +185,7 @@ def main() -> None:
     args = ap.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     if args.model:
-        prepared = prepared_cifar10()
-        if prepared is None:
-            sys.exit("no ../shared/datasets/cifar10-jpg.tar.gz: nothing to measure")
+        prepared = require_cifar10()
         WORK.mkdir(parents=True, exist_ok=True)
         results.append(run(args, prepared))
         RESULTS.write_text(json.dumps(results, indent=1))

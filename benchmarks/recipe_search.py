@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CACHE, REPO, machine, prepared_cifar10, write_section  # noqa: E402
+from benchmarks.common import CACHE, REPO, machine, require_cifar10, write_section  # noqa: E402
 from benchmarks.recipes import run_overrides  # noqa: E402
 from classiflow.cpu import usable_cores  # noqa: E402
 from classiflow.models import build_model  # noqa: E402
@@ -40,7 +40,7 @@ from classiflow.training.device import autocast, resolve_precision  # noqa: E402
 
 WORK = CACHE / "search"
 TRAIN_IMAGES, VAL_IMAGES = 45_000, 5_000
-START_UP_S = 10.0  # train-stage seconds outside the loop: an estimate (the 120 s study measured 17-21 s)
+START_UP_S = 10.0  # train-stage seconds outside the loop: an estimate (measured 17-21 s at 120 s, 78-101 s at 600 s)
 VAL_COST = 1 / 3  # a validation image costs about a third of a training image (forward only)
 LOOP_OVERHEAD = 1.05  # gathering, augmenting and normalising batches: the real loop against bare steps
 PLOT = REPO / "docs" / "recipe_front.png"
@@ -219,9 +219,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--doc", action="store_true", help="write the trials to docs/benchmarks.md")
     args = ap.parse_args()
-    prepared = prepared_cifar10()
-    if prepared is None:
-        sys.exit("no ../shared/datasets/cifar10-jpg.tar.gz: nothing to measure")
+    prepared = require_cifar10()
     torch.set_num_threads(usable_cores())
     if args.budget and args.trials:
         cfg = study_params(args.widths, args.seed)

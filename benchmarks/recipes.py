@@ -29,7 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CACHE, REPO, machine, prepared_cifar10, write_section  # noqa: E402
+from benchmarks.common import CACHE, REPO, machine, require_cifar10, write_section  # noqa: E402
 from classiflow.cpu import usable_cores  # noqa: E402
 from classiflow.models import build_model  # noqa: E402
 from classiflow.recipes import list_recipes, load_recipe  # noqa: E402
@@ -148,9 +148,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[42])
     ap.add_argument("--doc", action="store_true", help="write the accumulated results to docs/benchmarks.md")
     args = ap.parse_args()
-    prepared = prepared_cifar10()
-    if prepared is None:
-        sys.exit("no ../shared/datasets/cifar10-jpg.tar.gz: nothing to measure")
+    prepared = require_cifar10()
     WORK.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds if args.recipe else []:
         result = run_one(args.recipe, seed, prepared)

@@ -40,19 +40,21 @@ class TrainState:
     best_state: dict | None = None
 
     STATEFUL = ("model", "optimizer", "scheduler", "scaler")
+    OPTIONAL = ("ema", "lookahead")  # stateful when enabled (None when not)
     PLAIN = ("epoch", "history", "train_time", "stale", "best_val_accuracy", "best_score", "best_epoch", "best_state")
 
     def capture(self, fingerprint: str) -> dict:
         state = {"fingerprint": fingerprint} | {k: getattr(self, k).state_dict() for k in self.STATEFUL}
-        for key in ("ema", "lookahead"):
-            state[key] = getattr(self, key).state_dict() if getattr(self, key) is not None else None
+        for key in self.OPTIONAL:
+            part = getattr(self, key)
+            state[key] = part.state_dict() if part is not None else None
         state["rng"] = rng_state(self.generators)
         return state | {k: getattr(self, k) for k in self.PLAIN}
 
     def restore(self, saved: dict) -> None:
         for key in self.STATEFUL:
             getattr(self, key).load_state_dict(saved[key])
-        for key in ("ema", "lookahead"):
+        for key in self.OPTIONAL:
             if getattr(self, key) is not None:
                 getattr(self, key).load_state_dict(saved[key])
         set_rng_state(saved["rng"], self.generators)
