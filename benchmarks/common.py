@@ -27,6 +27,16 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}){gpu}, torch {torch.__version__}, {dt.date.today().isoformat()}"
 
 
+def cpu_class() -> str:
+    """What CPU seconds depend on beyond the core count, for results kept per kind of machine: the vector unit
+    torch dispatches to and the precision ``train.precision: auto`` resolves to (``avx2-fp32`` on a Zen 3,
+    ``avx512-bf16`` on a Xeon with AMX)."""
+    from classiflow.training.device import resolve_precision
+
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    return f"{capability}-{resolve_precision(torch.device('cpu'), 'auto')}"
+
+
 def _prepared_once(name: str, archive, params) -> Path:
     """``archive()`` (a path, made on demand) downloaded and prepared with ``params`` once into
     benchmarks/.cache/<name> (git-ignored)."""

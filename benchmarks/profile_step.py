@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CACHE, REPO, machine, prepared_cifar10, write_section  # noqa: E402
+from benchmarks.common import CACHE, REPO, cpu_class, machine, prepared_cifar10, write_section  # noqa: E402
 from classiflow.augment import build_augment, load_policy  # noqa: E402
 from classiflow.config import parse_params  # noqa: E402
 from classiflow.cpu import usable_cores  # noqa: E402
@@ -208,7 +208,8 @@ def main() -> None:
     body = section(results)
     print(body)
     if not args.no_write:
-        write_section("profile", "## Where the train step's time goes (`benchmarks/profile_step.py`)\n\n" + body)
+        title = f"## Where the train step's time goes on {cpu_class()} (`benchmarks/profile_step.py`)"
+        write_section(f"profile-{cpu_class()}", f"{title}\n\n{body}")
 
 
 if __name__ == "__main__":

@@ -6,12 +6,14 @@ tests' 5,000 real MNIST digits (small grayscale images: never mirrored, small ro
 train-stage seconds, start-up included: a trial's width and batch size fix its speed, measured here on this
 machine before the study (a few real training steps per width), and its epochs are the most that fit the
 budget. The seconds outside the loop (start-up, per-epoch validation) are fitted to the data set's finished
-trials (a prior until two of them differ). The study maximises
+trials (a prior until two of them differ). Budgets are seconds on one kind of CPU, so studies, the docs section
+and the plot are kept per CPU class (vector unit and the precision `auto` means there): a Zen 3 day does not
+extend, or overwrite, a bf16 Xeon day's study. The study maximises
 validation accuracy (test accuracy is recorded, never searched on); trials are ranked again by their
 measured time, so one that overran its budget is reported where it landed. `--transfer B` starts the study
 with the best trial of budget B's study at every width, then TPE goes on. Studies live in SQLite under
-benchmarks/.cache/search, so a study can be extended trial by trial; `--doc` writes the table and the plot
-of test accuracy against train-stage seconds (docs/recipe_front.png).
+benchmarks/.cache/search/<class>, so a study can be extended trial by trial; `--doc` writes the class's table
+and the plot of test accuracy against train-stage seconds (docs/recipe_front-<class>.png).
 
     python benchmarks/recipe_search.py --budget 120 --trials 10
     python benchmarks/recipe_search.py --budget 600 --trials 3 --widths 32 48 64 --transfer 120
@@ -35,7 +37,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CACHE, REPO, machine, require_cifar10, require_digits, write_section  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    CACHE,
+    REPO,
+    cpu_class,
+    machine,
+    require_cifar10,
+    require_digits,
+    write_section,
+)
 from benchmarks.recipes import run_overrides  # noqa: E402
 from classiflow.cpu import usable_cores  # noqa: E402
 from classiflow.models import build_model  # noqa: E402
@@ -44,13 +54,13 @@ from classiflow.sweep.params import Dimension, SweepParams  # noqa: E402
 from classiflow.sweep.study import open_study, suggest  # noqa: E402
 from classiflow.training.device import autocast, resolve_precision  # noqa: E402
 
-WORK = CACHE / "search"
+WORK = CACHE / "search" / cpu_class()
 DATA = {"cifar10": require_cifar10, "digits": require_digits}
 # beside the quick recipe, what a data set fixes: digits are never mirrored
 FIXED = {"cifar10": {}, "digits": {"augment.flip": False, "data.image_size": 28}}
 BATCHES = {"cifar10": [256, 512, 1024], "digits": [64, 128, 256]}  # digits: 3,600 train images
 LOOP_OVERHEAD = 1.05  # gathering, augmenting and normalising batches: the real loop against bare steps
-PLOT = REPO / "docs" / "recipe_front.png"
+PLOT = REPO / "docs" / f"recipe_front-{cpu_class()}.png"
 TITLE = {"cifar10": "CIFAR-10", "digits": "MNIST digits (3,600 train)"}
 
 
@@ -252,7 +262,7 @@ def doc() -> str:
         "budget at the speed measured for its width and batch, with the seconds outside the loop fitted to the "
         "data set's earlier trials. TPE (seed 0, 4 random trials first) maximises validation accuracy; the front "
         "is the trials of a data set that no other beats on both validation accuracy and train-stage seconds. "
-        "Plot: `docs/recipe_front.png`.\n\n" + "\n".join(lines)
+        f"Plot: `docs/{PLOT.name}`.\n\n" + "\n".join(lines)
     )
 
 
@@ -278,8 +288,8 @@ def main() -> None:
         study.optimize(run, n_trials=args.trials)
     if args.doc:
         body = doc()
-        title = f"## Recipes found by search (`benchmarks/recipe_search.py`, {dt.date.today()})"
-        write_section("recipe-search", f"{title}\n\n{body}")
+        title = f"## Recipes found by search on {cpu_class()} (`benchmarks/recipe_search.py`, {dt.date.today()})"
+        write_section(f"recipe-search-{cpu_class()}", f"{title}\n\n{body}")
         print(body)
 
 
