@@ -22,8 +22,8 @@ def _isolate_xdist_worker() -> None:
     home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
     os.environ["PREFECT_HOME"] = str(home / f"pytest-{worker}")
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
-    if len(cores) >= count:
-        os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) :: count])
+    if len(cores) >= count:  # a worker that replaces a crashed one is numbered on (gw2 of 2): wrap around
+        os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) % count :: count])
 
 
 _isolate_xdist_worker()

@@ -294,3 +294,16 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_units(monkeypatch):
     with dev.autocast(cpu, "auto"):
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
     assert dev.resolve_precision(cpu, "fp32") == "fp32"
+
+
+def test_channels_last_is_kept_off_on_cpu_for_a_strided_1x1_conv_over_few_channels():
+    """oneDNN's AVX2 kernel aborted the process on such a conv's backward in channels_last (a pruned shortcut)."""
+    import classiflow.training.device as dev
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    shortcut = torch.nn.Sequential(torch.nn.Conv2d(6, 12, 1, stride=2), torch.nn.ReLU())
+    wide = torch.nn.Sequential(torch.nn.Conv2d(8, 12, 1, stride=2), torch.nn.Conv2d(4, 12, 3, stride=2))
+    assert dev.memory_format(shortcut, cpu, True) == torch.contiguous_format
+    assert dev.memory_format(shortcut, cuda, True) == torch.channels_last
+    assert dev.memory_format(wide, cpu, True) == torch.channels_last
+    assert dev.memory_format(wide, cpu, False) == torch.contiguous_format

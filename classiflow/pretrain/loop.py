@@ -27,6 +27,7 @@ from classiflow.progress import task_progress
 from classiflow.tensors import Normalizer
 from classiflow.training.device import (
     autocast,
+    memory_format,
     resolve_precision,
     rng_state,
     seed_everything,
@@ -117,8 +118,9 @@ def pretrain(
         torch.set_num_threads(usable_cores())
     normalizer = Normalizer(mean, std).to(device)
     x_all = images.pool
-    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    net = _network(model, x_all, normalizer, cfg, device).to(memory_format=memory)
+    net = _network(model, x_all, normalizer, cfg, device)
+    memory = memory_format(net, device, cfg.channels_last)
+    net = net.to(memory_format=memory)
     encoder = net.encoder
     batch = min(cfg.batch_size, len(x_all))
     steps = len(x_all) // batch

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import random
 
 import numpy as np
 import torch
+from torch import nn
 
 from classiflow.errors import ClassiflowError
+
+log = logging.getLogger("classiflow.training")
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -38,6 +42,23 @@ def native_bf16() -> bool:
     Cached: autocast asks at every step."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def memory_format(model: nn.Module, device: torch.device, channels_last: bool) -> torch.memory_format:
+    """channels_last when asked, except on a CPU for a model with a strided 1x1 conv over fewer than 8 channels:
+    oneDNN's AVX2 backward-data kernel for it corrupts the heap in channels_last (torch 2.14.1, one thread; a
+    6->12 stride-2 shortcut of a pruned ResNet aborted the process), so such a model trains in NCHW there."""
+    if not channels_last:
+        return torch.contiguous_format
+    unsafe = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 8
+    ]
+    if device.type == "cpu" and unsafe:
+        log.info("channels_last off: a strided 1x1 conv over %d channels (oneDNN fault on CPU)", unsafe[0].in_channels)
+        return torch.contiguous_format
+    return torch.channels_last
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:
