@@ -297,7 +297,7 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_units(monkeypatch):
 
 
 def test_channels_last_is_kept_off_on_cpu_for_a_strided_1x1_conv_over_few_channels():
-    """oneDNN's AVX2 kernel aborted the process on such a conv's backward in channels_last (a pruned shortcut)."""
+    """oneDNN#6035: its AVX2 weight-gradient kernel for such a conv breaks in channels_last (a pruned shortcut)."""
     import classiflow.training.device as dev
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")

@@ -45,9 +45,10 @@ def native_bf16() -> bool:
 
 
 def memory_format(model: nn.Module, device: torch.device, channels_last: bool) -> torch.memory_format:
-    """channels_last when asked, except on a CPU for a model with a strided 1x1 conv over fewer than 8 channels:
-    oneDNN's AVX2 backward-data kernel for it corrupts the heap in channels_last (torch 2.14.1, one thread; a
-    6->12 stride-2 shortcut of a pruned ResNet aborted the process), so such a model trains in NCHW there."""
+    """channels_last when asked, except on a CPU for a model with a strided 1x1 conv over fewer than 8 channels
+    (AVX2's channel block): oneDNN's ``jit_1x1:avx2`` weight-gradient kernel writes past its workspace for it in
+    channels_last (uxlfoundation/oneDNN#6035). Here, on a Zen 3: weight gradients 42% off NCHW's on two threads,
+    and on one thread the 6->12 stride-2 shortcut of a pruned ResNet aborted the process. NCHW it is, there."""
     if not channels_last:
         return torch.contiguous_format
     unsafe = [
