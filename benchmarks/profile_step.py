@@ -208,8 +208,9 @@ def main() -> None:
     body = section(results)
     print(body)
     if not args.no_write:
-        title = f"## Where the train step's time goes on {cpu_class()} (`benchmarks/profile_step.py`)"
-        write_section(f"profile-{cpu_class()}", f"{title}\n\n{body}")
+        machine_class = cpu_class()
+        title = f"## Where the train step's time goes on {machine_class} (`benchmarks/profile_step.py`)"
+        write_section(f"profile-{machine_class}", f"{title}\n\n{body}")
 
 
 if __name__ == "__main__":

@@ -54,13 +54,14 @@ from classiflow.sweep.params import Dimension, SweepParams  # noqa: E402
 from classiflow.sweep.study import open_study, suggest  # noqa: E402
 from classiflow.training.device import autocast, resolve_precision  # noqa: E402
 
-WORK = CACHE / "search" / cpu_class()
+CLASS = cpu_class()  # studies, plot and docs section are kept per CPU class
+WORK = CACHE / "search" / CLASS
 DATA = {"cifar10": require_cifar10, "digits": require_digits}
 # beside the quick recipe, what a data set fixes: digits are never mirrored
 FIXED = {"cifar10": {}, "digits": {"augment.flip": False, "data.image_size": 28}}
 BATCHES = {"cifar10": [256, 512, 1024], "digits": [64, 128, 256]}  # digits: 3,600 train images
 LOOP_OVERHEAD = 1.05  # gathering, augmenting and normalising batches: the real loop against bare steps
-PLOT = REPO / "docs" / f"recipe_front-{cpu_class()}.png"
+PLOT = REPO / "docs" / f"recipe_front-{CLASS}.png"
 TITLE = {"cifar10": "CIFAR-10", "digits": "MNIST digits (3,600 train)"}
 
 
@@ -303,8 +304,8 @@ def main() -> None:
         study.optimize(run, n_trials=args.trials)
     if args.doc:
         body = doc()
-        title = f"## Recipes found by search on {cpu_class()} (`benchmarks/recipe_search.py`, {dt.date.today()})"
-        write_section(f"recipe-search-{cpu_class()}", f"{title}\n\n{body}")
+        title = f"## Recipes found by search on {CLASS} (`benchmarks/recipe_search.py`, {dt.date.today()})"
+        write_section(f"recipe-search-{CLASS}", f"{title}\n\n{body}")
         print(body)
 
 

@@ -23,7 +23,7 @@ from tests.imagegen import write_image_folder
 from tests.real_images import mnist_available, write_mnist_archive
 
 RECIPES = ("article", "quick", "fast", "best", "budget-2min", "budget-10min", "grayscale")
-GRAYSCALE_BAR = 0.975  # the search's trial: 98.8% test
+GRAYSCALE_BAR = 0.975  # as committed: 98.0% test on a Zen 3 (the search's unrounded trial: 98.8%)
 
 
 def test_the_documented_recipes_exist_with_descriptions():

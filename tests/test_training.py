@@ -303,10 +303,10 @@ def test_channels_last_is_kept_off_on_cpu_for_a_strided_1x1_conv_over_few_channe
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     shortcut = torch.nn.Sequential(torch.nn.Conv2d(6, 12, 1, stride=2), torch.nn.ReLU())
     wide = torch.nn.Sequential(torch.nn.Conv2d(8, 12, 1, stride=2), torch.nn.Conv2d(4, 12, 3, stride=2))
-    assert dev.memory_format(shortcut, cpu, True) == torch.contiguous_format
-    assert dev.memory_format(shortcut, cuda, True) == torch.channels_last
-    assert dev.memory_format(wide, cpu, True) == torch.channels_last
-    assert dev.memory_format(wide, cpu, False) == torch.contiguous_format
+    assert dev.training_memory_format(shortcut, cpu, True) == torch.contiguous_format
+    assert dev.training_memory_format(shortcut, cuda, True) == torch.channels_last
+    assert dev.training_memory_format(wide, cpu, True) == torch.channels_last
+    assert dev.training_memory_format(wide, cpu, False) == torch.contiguous_format
 
 
 def test_a_strided_1x1_conv_over_few_channels_gets_the_nchw_weight_gradient():
@@ -318,7 +318,7 @@ def test_a_strided_1x1_conv_over_few_channels_gets_the_nchw_weight_gradient():
     grads, threads = [], torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        for fmt in (torch.contiguous_format, dev.memory_format(conv, torch.device("cpu"), True)):
+        for fmt in (torch.contiguous_format, dev.training_memory_format(conv, torch.device("cpu"), True)):
             conv.zero_grad()
             conv.to(memory_format=fmt)(x.contiguous(memory_format=fmt)).square().sum().backward()
             grads.append(conv.weight.grad.clone())

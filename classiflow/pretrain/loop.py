@@ -27,12 +27,12 @@ from classiflow.progress import task_progress
 from classiflow.tensors import Normalizer
 from classiflow.training.device import (
     autocast,
-    memory_format,
     resolve_precision,
     rng_state,
     seed_everything,
     select_device,
     set_rng_state,
+    training_memory_format,
 )
 from classiflow.training.loop import Resume, init_from_data
 from classiflow.training.resume import load_state, save_state
@@ -119,7 +119,7 @@ def pretrain(
     normalizer = Normalizer(mean, std).to(device)
     x_all = images.pool
     net = _network(model, x_all, normalizer, cfg, device)
-    memory = memory_format(net, device, cfg.channels_last)
+    memory = training_memory_format(net, device, cfg.channels_last)
     net = net.to(memory_format=memory)
     encoder = net.encoder
     batch = min(cfg.batch_size, len(x_all))

@@ -44,20 +44,23 @@ def native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def memory_format(model: nn.Module, device: torch.device, channels_last: bool) -> torch.memory_format:
+def training_memory_format(model: nn.Module, device: torch.device, channels_last: bool) -> torch.memory_format:
     """channels_last when asked, except on a CPU for a model with a strided 1x1 conv over fewer than 8 channels
     (AVX2's channel block): oneDNN's ``jit_1x1:avx2`` weight-gradient kernel writes past its workspace for it in
     channels_last (uxlfoundation/oneDNN#6035). Here, on a Zen 3: weight gradients 42% off NCHW's on two threads,
     and on one thread the 6->12 stride-2 shortcut of a pruned ResNet aborted the process. NCHW it is, there."""
     if not channels_last:
         return torch.contiguous_format
-    unsafe = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 8
-    ]
-    if device.type == "cpu" and unsafe:
-        log.info("channels_last off: a strided 1x1 conv over %d channels (oneDNN fault on CPU)", unsafe[0].in_channels)
+    few = next(
+        (
+            m.in_channels
+            for m in model.modules()
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 8
+        ),
+        None,
+    )
+    if device.type == "cpu" and few is not None:
+        log.info("channels_last off: a strided 1x1 conv over %d channels (oneDNN fault on CPU)", few)
         return torch.contiguous_format
     return torch.channels_last
 

@@ -26,8 +26,7 @@ from classiflow.data.prepared import PreparedData
 from classiflow.progress import task_progress
 from classiflow.tensors import Normalizer, predict_logits, to_nchw
 from classiflow.training import distributed
-from classiflow.training.device import memory_format as device_memory_format
-from classiflow.training.device import resolve_precision, seed_everything, select_device
+from classiflow.training.device import resolve_precision, seed_everything, select_device, training_memory_format
 from classiflow.training.distributed import SINGLE, World
 from classiflow.training.epoch import Batches, train_one_epoch
 from classiflow.training.finetune import freeze_backbone
@@ -100,7 +99,7 @@ def planned_epochs(cfg: TrainParams, steps_per_epoch: int) -> int:
 
 def _batches(model: nn.Module, data: PreparedData, cfg: TrainParams, inputs: Inputs, device: torch.device) -> Batches:
     """Move the model and the splits to ``device``; models with a data-dependent first layer see the data."""
-    memory_format = device_memory_format(model, device, cfg.channels_last)
+    memory_format = training_memory_format(model, device, cfg.channels_last)
     model.to(device=device, memory_format=memory_format)
     normalizer = Normalizer(data.meta["mean"], data.meta["std"]).to(device)
 
