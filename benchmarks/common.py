@@ -29,12 +29,14 @@ def machine() -> str:
 
 def cpu_class() -> str:
     """What CPU seconds depend on beyond the core count, for results kept per kind of machine: the vector unit
-    torch dispatches to and the precision ``train.precision: auto`` resolves to (``avx2-fp32`` on a Zen 3,
-    ``avx512-bf16`` on a Xeon with AMX)."""
+    torch dispatches to, AMX tiles where present, and the precision ``train.precision: auto`` resolves to
+    (``avx2-fp32`` on a Zen 3, ``avx512-bf16`` on a Zen 4, ``avx512-amx-bf16`` on a Xeon with AMX). AMX counts
+    apart: the same bf16 recipe trained 1.6x faster on such a Xeon than on a Zen 4 (docs/benchmarks.md)."""
     from classiflow.training.device import resolve_precision
 
     capability = torch.backends.cpu.get_cpu_capability().lower()
-    return f"{capability}-{resolve_precision(torch.device('cpu'), 'auto')}"
+    amx = "-amx" if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() else ""
+    return f"{capability}{amx}-{resolve_precision(torch.device('cpu'), 'auto')}"
 
 
 def _prepared_once(name: str, archive, params) -> Path:
